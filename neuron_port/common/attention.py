@@ -1,0 +1,38 @@
+import torch
+from torch import nn
+
+
+class KVCache(nn.Module):
+    """A preallocated key/value cache of static shape [batch, kv_heads, max_seq_len, head_dim].
+
+    Buffers whose names end in ``_cache`` are what the harness treats as KV cache: it zeroes them
+    between runs and shares them between the compiled context-encoding and token-generation graphs.
+    """
+
+    def __init__(self, batch_size: int, kv_heads: int, max_seq_len: int, head_dim: int):
+        super().__init__()
+        shape = (batch_size, kv_heads, max_seq_len, head_dim)
+        self.register_buffer("k_cache", torch.zeros(shape), persistent=False)
+        self.register_buffer("v_cache", torch.zeros(shape), persistent=False)
+
+    def update(self, k: torch.Tensor, v: torch.Tensor, position_ids: torch.Tensor):
+        """Write k/v [batch, kv_heads, seq, head_dim] at ``position_ids`` [batch, seq]; return full caches."""
+        batch, heads, _, head_dim = k.shape
+        index = position_ids[:batch, None, :, None].expand(batch, heads, -1, head_dim)
+        self.k_cache[:batch].scatter_(2, index, k.to(self.k_cache.dtype))
+        self.v_cache[:batch].scatter_(2, index, v.to(self.v_cache.dtype))
+        return self.k_cache[:batch], self.v_cache[:batch]
+
+
+def causal_cache_mask(position_ids: torch.Tensor, cache_len: int) -> torch.Tensor:
+    """Boolean [batch, 1, seq, cache_len]: a query at position p sees cache slots 0..p."""
+    slots = torch.arange(cache_len, device=position_ids.device)
+    return slots[None, None, None, :] <= position_ids[:, None, :, None]
+
+
+def repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """[batch, kv_heads, seq, d] -> [batch, kv_heads * groups, seq, d] for grouped-query attention."""
+    if groups == 1:
+        return x
+    batch, heads, seq, dim = x.shape
+    return x[:, :, None].expand(batch, heads, groups, seq, dim).reshape(batch, heads * groups, seq, dim)

@@ -1,0 +1,59 @@
+import math
+
+import torch
+from torch import nn
+
+
+def _llama3_scaled(inv_freq: torch.Tensor, scaling: dict) -> torch.Tensor:
+    """Llama 3.x frequency scaling: keep high frequencies, divide low ones, blend in between."""
+    factor = scaling["factor"]
+    low_wavelen = scaling["original_max_position_embeddings"] / scaling.get("low_freq_factor", 1.0)
+    high_wavelen = scaling["original_max_position_embeddings"] / scaling.get("high_freq_factor", 4.0)
+    wavelen = 2 * math.pi / inv_freq
+    smooth = (scaling["original_max_position_embeddings"] / wavelen - scaling.get("low_freq_factor", 1.0)) / (
+        scaling.get("high_freq_factor", 4.0) - scaling.get("low_freq_factor", 1.0)
+    )
+    blended = (1 - smooth) * inv_freq / factor + smooth * inv_freq
+    scaled = torch.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
+    is_medium = (wavelen <= low_wavelen) & (wavelen >= high_wavelen)
+    return torch.where(is_medium, blended, scaled)
+
+
+def rope_parameters(config) -> tuple[float, dict | None]:
+    """(theta, scaling) from an HF config, across the transformers 4.x and 5.x spellings."""
+    params = getattr(config, "rope_parameters", None) or {}
+    theta = params.get("rope_theta", getattr(config, "rope_theta", 10000.0))
+    scaling = getattr(config, "rope_scaling", None) or params
+    if scaling.get("rope_type", scaling.get("type", "default")) == "default":
+        scaling = None
+    return float(theta), scaling
+
+
+class RotaryEmbedding(nn.Module):
+    """cos/sin tables for rotate-half RoPE, looked up by position id."""
+
+    def __init__(self, head_dim: int, theta: float, scaling: dict | None = None):
+        super().__init__()
+        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        if scaling is not None:
+            rope_type = scaling.get("rope_type", scaling.get("type"))
+            if rope_type != "llama3":
+                raise NotImplementedError(f"RoPE scaling type {rope_type!r} is not supported by this port")
+            inv_freq = _llama3_scaled(inv_freq, scaling)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        freqs = position_ids.float()[..., None] * self.inv_freq
+        angles = torch.cat((freqs, freqs), dim=-1)
+        return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    first, second = x.chunk(2, dim=-1)
+    return torch.cat((-second, first), dim=-1)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: [batch, heads, seq, head_dim]; cos/sin: [batch, seq, head_dim]."""
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    return x * cos + _rotate_half(x) * sin

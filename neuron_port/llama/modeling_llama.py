@@ -1,0 +1,106 @@
+"""Llama family port for the portable torch target: GQA attention, RoPE, RMSNorm, SwiGLU MLP.
+
+Static shapes: the KV cache is preallocated for ``neuron_config.batch_size`` x ``max_seq_len``.
+One ``forward(input_ids, position_ids)`` serves both graphs: context encoding (a whole bucket of
+prompt positions) and token generation (one position per sequence); each writes its keys and
+values into the cache at ``position_ids`` and attends to cache slots up to its own position.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from neuron_port.common import KVCache, RMSNorm, RotaryEmbedding, apply_rotary, causal_cache_mask, repeat_kv
+from neuron_port.common.rope import rope_parameters
+
+
+class NeuronLlamaMLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class NeuronLlamaAttention(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.num_heads
+        bias = getattr(config, "attention_bias", False)
+        self.q_proj = nn.Linear(config.hidden_size, self.num_heads * self.head_dim, bias=bias)
+        self.k_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=bias)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=bias)
+        theta, scaling = rope_parameters(config)
+        self.rotary = RotaryEmbedding(self.head_dim, theta, scaling)
+        nc = config.neuron_config
+        self.cache = KVCache(nc.batch_size, self.num_kv_heads, nc.max_seq_len, self.head_dim)
+
+    def forward(self, hidden_states, position_ids):
+        batch, seq, _ = hidden_states.shape
+        q = self.q_proj(hidden_states).view(batch, seq, self.num_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(hidden_states).view(batch, seq, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(hidden_states).view(batch, seq, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        cos, sin = self.rotary(position_ids, q.dtype)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+
+        keys, values = self.cache.update(k, v, position_ids)
+        groups = self.num_heads // self.num_kv_heads
+        keys, values = repeat_kv(keys, groups), repeat_kv(values, groups)
+        scores = (q @ keys.transpose(-1, -2)) * self.head_dim**-0.5
+        mask = causal_cache_mask(position_ids, keys.shape[2])
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+        probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+        out = (probs @ values).transpose(1, 2).reshape(batch, seq, -1)
+        return self.o_proj(out)
+
+
+class NeuronLlamaDecoderLayer(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = NeuronLlamaAttention(config)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = NeuronLlamaMLP(config)
+
+    def forward(self, hidden_states, position_ids):
+        hidden_states = hidden_states + self.self_attn(self.input_layernorm(hidden_states), position_ids)
+        return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
+
+
+class NeuronLlamaModel(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(NeuronLlamaDecoderLayer(config) for _ in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(self, input_ids, position_ids):
+        hidden_states = self.embed_tokens(input_ids)
+        for layer in self.layers:
+            hidden_states = layer(hidden_states, position_ids)
+        return self.norm(hidden_states)
+
+
+class NeuronLlamaForCausalLM(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.model = NeuronLlamaModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+
+    def forward(self, input_ids, position_ids):
+        return self.lm_head(self.model(input_ids, position_ids)).float()
+
+    @staticmethod
+    def convert_hf_to_neuron_state_dict(state_dict, config):
+        """HF keys -> port keys. The layouts coincide; only the tied LM head needs filling in."""
+        converted = {key: state_dict[key] for key in list(state_dict.keys())}
+        if "lm_head.weight" not in converted:
+            converted["lm_head.weight"] = state_dict["model.embed_tokens.weight"]
+        return converted

@@ -1,0 +1,151 @@
+"""Checkpoints on disk: reading HF safetensors, and materialising tiny ones when a spec asks for it.
+
+A tiny checkpoint is an ordinary HF folder (config.json, safetensors, tokenizer files) plus
+``autoport_tiny.json`` recording how it was made; it is then loaded through the same path as a
+real checkpoint. Nothing here touches a hub.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from filelock import FileLock
+
+from .errors import AutoportError, SpecError
+from .spec import PortSpec
+
+TINY_MARKER = "autoport_tiny.json"
+CORPUS = Path(__file__).parent / "data" / "tiny_corpus.txt"
+SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>"]
+
+
+@dataclass(frozen=True)
+class Weights:
+    path: Path
+    kind: str  # "checkpoint" (the user's) or "tiny-random" (materialised from the spec's [tiny] table)
+
+    def to_dict(self) -> dict:
+        return {"path": str(self.path), "kind": self.kind}
+
+
+def resolve_weights(spec: PortSpec) -> Weights:
+    """The spec's weights folder, materialising a tiny checkpoint there if the spec allows it."""
+    path = spec.weights_dir
+    marker = path / TINY_MARKER
+    if (path / "config.json").is_file() and not marker.is_file():
+        return Weights(path, "checkpoint")
+    if not spec.tiny:
+        if path.exists():
+            raise SpecError(spec.path, "model.weights_path", f"{path} holds no config.json")
+        raise SpecError(spec.path, "model.weights_path", f"{path} does not exist and the spec has no [tiny] table")
+    recipe = _tiny_recipe(spec)
+    with FileLock(str(path) + ".lock"):
+        if not (marker.is_file() and json.loads(marker.read_text()).get("recipe_hash") == recipe["recipe_hash"]):
+            _materialise_tiny(spec, recipe, path)
+    return Weights(path, "tiny-random")
+
+
+def _tiny_recipe(spec: PortSpec) -> dict:
+    import torch
+    import transformers
+
+    overrides = dict(spec.tiny)
+    recipe = {
+        "hf_model_class": spec.model.hf_model_class,
+        "overrides": overrides,
+        "corpus_sha256": hashlib.sha256(CORPUS.read_bytes()).hexdigest(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }
+    recipe["recipe_hash"] = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+    return recipe
+
+
+def _materialise_tiny(spec: PortSpec, recipe: dict, dest: Path) -> None:
+    import torch
+    import transformers
+
+    overrides = dict(recipe["overrides"])
+    model_type = overrides.pop("model_type", None)
+    seed = overrides.pop("seed", 0)
+    if model_type is None:
+        raise SpecError(spec.path, "tiny.model_type", "missing (e.g. model_type = \"llama\")")
+    model_cls = getattr(transformers, spec.model.hf_model_class, None)
+    if model_cls is None:
+        raise SpecError(
+            spec.path, "model.hf_model_class", f"transformers {transformers.__version__} has no {spec.model.hf_model_class}"
+        )
+
+    tokenizer = build_tokenizer(int(overrides.get("vocab_size", 512)))
+    ids = {tok: tokenizer.convert_tokens_to_ids(tok) for tok in SPECIAL_TOKENS}
+    try:
+        config = transformers.AutoConfig.for_model(
+            model_type,
+            pad_token_id=ids["<pad>"],
+            bos_token_id=ids["<s>"],
+            eos_token_id=ids["</s>"],
+            **overrides,
+        )
+    except (ValueError, TypeError) as exc:
+        raise SpecError(spec.path, "tiny", f"cannot build a {model_type} config: {exc}") from None
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
+    try:
+        torch.manual_seed(seed)
+        model = model_cls(config).eval()
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        (staging / TINY_MARKER).write_text(json.dumps({"kind": "tiny-random", "seed": seed, **recipe}, indent=2))
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(staging, dest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def build_tokenizer(vocab_size: int):
+    """A byte-level BPE tokenizer trained on the bundled corpus, wrapped as an HF fast tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train([str(CORPUS)], trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=bpe, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+
+
+def load_state_dict(weights_dir: Path) -> dict:
+    """Every tensor of an HF safetensors checkpoint (sharded or not), by its HF key."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    index = weights_dir / "model.safetensors.index.json"
+    if index.is_file():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    else:
+        files = sorted(p.name for p in weights_dir.glob("*.safetensors"))
+    if not files:
+        raise AutoportError(f"{weights_dir}: no *.safetensors files (only safetensors checkpoints are read)")
+    state_dict = {}
+    for name in files:
+        try:
+            state_dict.update(load_file(weights_dir / name))
+        except (SafetensorError, OSError) as exc:
+            raise AutoportError(f"{weights_dir / name}: cannot read safetensors: {exc}") from None
+    return state_dict

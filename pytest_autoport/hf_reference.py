@@ -1,0 +1,100 @@
+"""The HuggingFace side of every comparison: loading the reference, capturing module I/O, greedy golden."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import SpecError
+
+
+@dataclass
+class Capture:
+    """One module call observed during a reference forward pass."""
+
+    args: tuple
+    kwargs: dict
+    output: torch.Tensor
+    order: int  # completion order within the forward pass
+
+
+def load_hf_model(model_class: str, weights_dir: Path, spec_path: Path, dtype=torch.float32):
+    import transformers
+
+    cls = getattr(transformers, model_class, None)
+    if cls is None:
+        raise SpecError(spec_path, "model.hf_model_class", f"transformers has no class {model_class!r}")
+    dtype_kw = "dtype" if _major(transformers.__version__) >= 5 else "torch_dtype"
+    model = cls.from_pretrained(weights_dir, attn_implementation="eager", **{dtype_kw: dtype})
+    return model.eval()
+
+
+def _major(version: str) -> int:
+    return int(version.split(".")[0])
+
+
+def first_tensor(value):
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, (tuple, list)) and value and isinstance(value[0], torch.Tensor):
+        return value[0]
+    if hasattr(value, "last_hidden_state"):
+        return value.last_hidden_state
+    raise TypeError(f"cannot find a tensor in a {type(value).__name__} module output")
+
+
+@torch.inference_mode()
+def capture_modules(model: torch.nn.Module, paths: list[str], run) -> dict[str, Capture]:
+    """Run ``run()`` with hooks on ``paths``; returns each module's inputs and output (first call)."""
+    captures: dict[str, Capture] = {}
+    handles = []
+    pending: dict[str, tuple] = {}
+    for path in paths:
+        module = model.get_submodule(path)
+
+        def pre_hook(mod, args, kwargs, path=path):
+            pending.setdefault(path, (args, kwargs))
+
+        def post_hook(mod, args, kwargs, output, path=path):
+            if path not in captures:
+                call_args, call_kwargs = pending[path]
+                captures[path] = Capture(call_args, call_kwargs, first_tensor(output).clone(), len(captures))
+
+        handles.append(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
+        handles.append(module.register_forward_hook(post_hook, with_kwargs=True))
+    try:
+        run()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return captures
+
+
+def hidden_input(capture: Capture) -> torch.Tensor:
+    if capture.args:
+        return capture.args[0]
+    for name in ("hidden_states", "input", "x", "input_ids"):
+        if name in capture.kwargs:
+            return capture.kwargs[name]
+    raise TypeError(f"cannot find the hidden-state input among {sorted(capture.kwargs)}")
+
+
+@torch.inference_mode()
+def greedy_golden(model, prompts: list[list[int]], max_new_tokens: int, pad_id: int | None) -> list[list[int]]:
+    """FP32 greedy continuation of each prompt, exactly ``max_new_tokens`` long (EOS not honoured)."""
+    out = []
+    for prompt in prompts:
+        ids = torch.tensor([prompt])
+        generated = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=max_new_tokens,
+            min_new_tokens=max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            pad_token_id=pad_id,
+        )
+        out.append(generated[0, ids.shape[1] :].tolist())
+    return out

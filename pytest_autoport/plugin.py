@@ -1,0 +1,256 @@
+"""The pytest plugin: options, one collector per spec, stage items, and the verdict report.
+
+``pytest --autoport-model=llama`` collects ``port_specs/llama.toml`` as a file of stage items
+(``env``, ``weights``, ``component[mlp-layer0]``, ..., ``golden``); ``-k``, ``-x``, ``--lf``,
+junit-xml and xdist work on them as on any test.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from .errors import AutoportError, SpecError, StageFailure
+from .results import FIGURE_PREFIX, StageRecord, Verdict, format_table, write_outputs
+from .session import AutoportSession, Options
+from .spec import PortSpec, find_spec_file, load_spec
+
+STATE = pytest.StashKey["AutoportState"]()
+
+
+class AutoportState:
+    """Per-process plugin state: the selected spec file, the session, stage outcomes, the verdict."""
+
+    def __init__(self, config: pytest.Config, spec_path: Path):
+        self.config = config
+        self.spec_path = spec_path
+        self.session: AutoportSession | None = None
+        self.outcomes: dict[str, str] = {}  # stage id -> passed/failed/skipped
+
+    def option(self, name):
+        return self.config.getoption(name)
+
+    @property
+    def artifacts_dir(self) -> Path:
+        chosen = self.option("autoport_artifacts")
+        root = self.config.rootpath
+        return Path(chosen).resolve() if chosen else root / "agent_artifacts"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("autoport", "pytest-autoport: staged verdicts for HF -> Neuron ports")
+    group.addoption("--autoport-model", metavar="NAME|PATH", help="port spec name in port_specs/ or path to a spec file")
+    group.addoption("--autoport-target", choices=("torch", "nxdi"), help="override the spec's target")
+    group.addoption("--autoport-artifacts", metavar="DIR", help="artifact folder (default: <rootdir>/agent_artifacts)")
+    group.addoption(
+        "--autoport-dry-run", action="store_true", help="run only the stages that need no target; skip the rest"
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    name = config.getoption("autoport_model")
+    if not name:
+        return
+    try:
+        spec_path = find_spec_file(name, config.rootpath)
+    except SpecError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    state = AutoportState(config, spec_path.resolve())
+    config.stash[STATE] = state
+    config.pluginmanager.register(VerdictReporter(state), "autoport-verdict")
+    if config.args_source == pytest.Config.ArgsSource.ARGS:
+        config.args.append(str(spec_path))
+    else:
+        config.args[:] = [str(spec_path)]
+
+
+def pytest_report_header(config: pytest.Config) -> list[str] | None:
+    state = config.stash.get(STATE, None)
+    if state is None:
+        return None
+    target = config.getoption("autoport_target") or "spec's"
+    mode = ", dry run" if config.getoption("autoport_dry_run") else ""
+    return [f"autoport: spec {state.spec_path}, target {target}{mode}"]
+
+
+def pytest_collect_file(file_path: Path, parent: pytest.Collector):
+    state = parent.config.stash.get(STATE, None)
+    if state is not None and file_path.resolve() == state.spec_path:
+        return SpecFile.from_parent(parent, path=file_path)
+    return None
+
+
+class SpecFile(pytest.File):
+    def collect(self):
+        from .stages import plan
+
+        state = self.config.stash[STATE]
+        try:
+            spec = load_spec(self.path, self.config.rootpath)
+            options = Options(
+                artifacts_dir=state.artifacts_dir,
+                target=state.option("autoport_target"),
+                dry_run=state.option("autoport_dry_run"),
+            )
+            session = AutoportSession(spec, options)
+            num_layers = session.hf_config.num_hidden_layers
+        except AutoportError as exc:
+            raise self.CollectError(str(exc)) from None
+        state.session = session
+        for planned in plan(spec, num_layers):
+            item = StageItem.from_parent(self, name=planned.id, planned=planned)
+            item.add_marker(pytest.mark.xdist_group(spec.name))
+            yield item
+
+    def repr_failure(self, excinfo):
+        return str(excinfo.value)
+
+
+class StageItem(pytest.Item):
+    def __init__(self, *, planned, **kwargs):
+        super().__init__(**kwargs)
+        self.planned = planned
+
+    @property
+    def state(self) -> AutoportState:
+        return self.config.stash[STATE]
+
+    def runtest(self) -> None:
+        session = self.state.session
+        stage = self.planned.stage
+        for required in stage.requires:
+            failed = [sid for sid, outcome in self.state.outcomes.items() if _stage_of(sid) == required and outcome != "passed"]
+            if failed:
+                pytest.skip(f"prerequisite stage {failed[0]} did not pass ({self.state.outcomes[failed[0]]})")
+        if stage.needs_target:
+            if session.options.dry_run:
+                pytest.skip("dry run")
+            reason = session.target.unavailable_reason()
+            if reason:
+                pytest.skip(reason)
+        try:
+            figures = stage.run(session, **self.planned.params)
+        except StageFailure as exc:
+            self._add_figures(exc.figures)
+            raise
+        self._add_figures(figures or {})
+
+    def _add_figures(self, figures: dict) -> None:
+        for key, value in figures.items():
+            self.user_properties.append((FIGURE_PREFIX + key, value))
+
+    def repr_failure(self, excinfo, style=None):
+        if isinstance(excinfo.value, AutoportError):
+            return str(excinfo.value)
+        return super().repr_failure(excinfo, style=style)
+
+    def reportinfo(self):
+        return self.path, None, f"{self.state.spec_path.stem}::{self.name}"
+
+
+def _stage_of(stage_id: str) -> str:
+    return stage_id.split("[", 1)[0]
+
+
+class VerdictReporter:
+    """Builds the verdict from test reports, so it works the same in the xdist controller."""
+
+    def __init__(self, state: AutoportState):
+        self.state = state
+        self.verdict: Verdict | None = None
+        self.outputs: tuple[Path, Path] | None = None
+
+    def _verdict(self) -> Verdict:
+        if self.verdict is None:
+            state = self.state
+            try:
+                spec = load_spec(state.spec_path, state.config.rootpath, check_imports=False)
+                model, target, dtype = spec.name, spec.port.target, spec.port.dtype
+            except SpecError:
+                model, target, dtype = state.spec_path.stem, "?", "?"
+            self.verdict = Verdict(
+                model=model,
+                spec=str(state.spec_path),
+                target=state.option("autoport_target") or target,
+                dtype=dtype,
+                dry_run=bool(state.option("autoport_dry_run")),
+            )
+        return self.verdict
+
+    def _ours(self, nodeid: str) -> bool:
+        path = nodeid.split("::", 1)[0]
+        return bool(path) and self.state.spec_path.as_posix().endswith(path)
+
+    def pytest_collectreport(self, report) -> None:
+        if report.failed and self._ours(report.nodeid):
+            self._verdict().error = str(report.longrepr)
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if not self._ours(report.nodeid) or "::" not in report.nodeid:
+            return
+        if report.when != "call" and report.outcome == "passed":
+            return
+        stage_id = report.nodeid.rpartition("::")[2]
+        status = report.outcome if report.when == "call" or report.outcome == "skipped" else "error"
+        self.state.outcomes[stage_id] = status
+        figures = {k[len(FIGURE_PREFIX) :]: v for k, v in report.user_properties if k.startswith(FIGURE_PREFIX)}
+        verdict = self._verdict()
+        if stage_id == "weights" and "weights_kind" in figures:
+            verdict.weights = {"kind": figures["weights_kind"], "path": figures.get("weights_path")}
+        if stage_id == "env":
+            verdict.versions = {k: figures[k] for k in ("python", "torch", "transformers") if k in figures}
+        verdict.record(
+            StageRecord(
+                stage=_stage_of(stage_id),
+                id=stage_id,
+                nodeid=report.nodeid,
+                status=status,
+                duration_s=round(report.duration, 3),
+                figures=figures,
+                message=_message(report),
+            )
+        )
+
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        if hasattr(session.config, "workerinput") or self.verdict is None:
+            return
+        from . import __version__
+
+        self.verdict.versions.setdefault("pytest_autoport", __version__)
+        self.outputs = write_outputs(self.verdict, self.state.artifacts_dir)
+        if not self.verdict.passed and session.exitstatus == 0 and not self.verdict.dry_run:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    def pytest_terminal_summary(self, terminalreporter) -> None:
+        if self.verdict is None:
+            return
+        terminalreporter.section("autoport verdict")
+        for line in format_table(self.verdict):
+            terminalreporter.write_line(line)
+        if self.outputs:
+            json_path, summary_path = self.outputs
+            terminalreporter.write_line(f"results: {json_path}")
+            terminalreporter.write_line(f"summary: {summary_path}")
+
+
+def _message(report: pytest.TestReport) -> str:
+    if report.skipped and isinstance(report.longrepr, tuple):
+        return str(report.longrepr[2]).removeprefix("Skipped: ")
+    if report.failed:
+        return str(report.longrepr)
+    return ""
+
+
+@pytest.fixture(scope="session")
+def autoport_session(request) -> AutoportSession:
+    """The run's shared state (HF reference, port, compiled artifact) for your own tests."""
+    state = request.config.stash.get(STATE, None)
+    if state is None or state.session is None:
+        pytest.skip("no --autoport-model given")
+    return state.session
+
+
+@pytest.fixture(scope="session")
+def autoport_spec(autoport_session) -> PortSpec:
+    return autoport_session.spec

@@ -1,0 +1,146 @@
+"""The verdict: per-stage records, the results JSON, the terminal table and port_summary.md.
+
+The JSON is a stable interface (agents and CI parse it): keys are only ever added, never renamed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+SCHEMA_VERSION = 1
+FIGURE_PREFIX = "autoport."
+
+
+@dataclass
+class StageRecord:
+    stage: str
+    id: str
+    nodeid: str
+    status: str  # passed | failed | skipped | error
+    duration_s: float = 0.0
+    figures: dict = field(default_factory=dict)
+    message: str = ""
+
+
+@dataclass
+class Verdict:
+    model: str
+    spec: str
+    target: str
+    dtype: str
+    dry_run: bool = False
+    weights: dict = field(default_factory=dict)
+    versions: dict = field(default_factory=dict)
+    stages: list[StageRecord] = field(default_factory=list)
+    error: str = ""  # a failure before any stage ran (a bad spec)
+    started_at: float = field(default_factory=time.time)
+
+    @property
+    def passed(self) -> bool:
+        return not self.error and bool(self.stages) and all(s.status == "passed" for s in self.stages)
+
+    def record(self, rec: StageRecord) -> None:
+        existing = next((i for i, s in enumerate(self.stages) if s.nodeid == rec.nodeid), None)
+        if existing is None:
+            self.stages.append(rec)
+        elif rec.status != "passed" or self.stages[existing].status == "passed":
+            self.stages[existing] = rec  # a teardown error overrides a passed call
+
+    def to_dict(self) -> dict:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "model": self.model,
+            "spec": self.spec,
+            "target": self.target,
+            "dtype": self.dtype,
+            "dry_run": self.dry_run,
+            "passed": self.passed,
+            "weights": self.weights,
+            "versions": self.versions,
+            "error": self.error,
+            "started_at": self.started_at,
+            "duration_s": round(time.time() - self.started_at, 3),
+            "stages": [asdict(s) for s in self.stages],
+        }
+
+
+def key_figure(rec: StageRecord) -> str:
+    f = rec.figures
+    if rec.status == "skipped":
+        return rec.message.splitlines()[0][:70] if rec.message else ""
+    if rec.stage == "env":
+        return f"torch {f.get('torch', '?')}, transformers {f.get('transformers', '?')}"
+    if rec.stage == "weights":
+        return f"{f.get('hf_tensors', '?')} tensors, {f.get('weights_kind', '?')} weights"
+    if rec.stage in ("component", "model") and "rel_fro" in f:
+        return f"rel_fro {_num(f['rel_fro'])}, max_abs {_num(f.get('max_abs'))}"
+    if rec.stage == "compile" and "graphs" in f:
+        return f"{f['graphs']} graphs, {'compiled' if f.get('compiled') else 'reused'}"
+    if rec.stage == "generate" and "decode_tokens_per_s" in f:
+        return f"{f['decode_tokens_per_s']} tok/s, ttft {f.get('ttft_s')} s"
+    if rec.stage == "golden" and "token_match" in f:
+        return f"token match {f['token_match']:.1%} (>= {f['threshold']:.0%})"
+    return rec.message.splitlines()[0][:70] if rec.message else ""
+
+
+def _num(value) -> str:
+    return f"{value:.2e}" if isinstance(value, (int, float)) else str(value)
+
+
+def format_table(verdict: Verdict) -> list[str]:
+    width = max([len(s.id) for s in verdict.stages] + [5])
+    lines = [f"{'stage':<{width}}  {'status':<7}  {'time':>7}  key figure"]
+    for s in verdict.stages:
+        lines.append(f"{s.id:<{width}}  {s.status:<7}  {s.duration_s:>6.1f}s  {key_figure(s)}")
+    lines.append(
+        f"verdict: {'PASSED' if verdict.passed else 'FAILED'} ({verdict.model}, target {verdict.target}, "
+        f"{verdict.weights.get('kind', '?')} weights)"
+    )
+    return lines
+
+
+def write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_outputs(verdict: Verdict, artifacts_dir: Path) -> tuple[Path, Path]:
+    json_path = artifacts_dir / "results" / f"{verdict.model}.json"
+    write_atomic(json_path, json.dumps(verdict.to_dict(), indent=2, default=str) + "\n")
+    summary_path = artifacts_dir / "traces" / "port_summary.md"
+    write_atomic(summary_path, port_summary(verdict))
+    return json_path, summary_path
+
+
+def port_summary(verdict: Verdict) -> str:
+    lines = [
+        f"# Port summary: {verdict.model}",
+        "",
+        f"- verdict: **{'PASSED' if verdict.passed else 'FAILED'}**",
+        f"- spec: `{verdict.spec}`; target `{verdict.target}`; dtype `{verdict.dtype}`",
+        f"- weights: {verdict.weights.get('kind', '?')} (`{verdict.weights.get('path', '?')}`)",
+        f"- versions: {', '.join(f'{k} {v}' for k, v in verdict.versions.items())}",
+        "",
+    ]
+    if verdict.error:
+        lines += ["## Error", "", "```", verdict.error, "```", ""]
+    lines += ["| stage | status | key figure |", "|---|---|---|"]
+    lines += [f"| `{s.id}` | {s.status} | {key_figure(s)} |" for s in verdict.stages]
+    failures = [s for s in verdict.stages if s.status in ("failed", "error")]
+    if failures:
+        lines += ["", "## Failures", ""]
+        for s in failures:
+            lines += [f"### {s.id}", "", "```", s.message, "```", ""]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,306 @@
+"""The port spec: one TOML file per model in ``port_specs/``, the single source of truth for a port.
+
+Every table maps onto a frozen dataclass below. Parsing checks names and types against the
+dataclass fields, so an unknown key, a wrong type or a missing field is reported with the file and
+the dotted field name, never with a traceback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import sys
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import SpecError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+TARGETS = ("torch", "nxdi")
+DTYPES = ("float32", "bfloat16", "float16")
+WEIGHT_KINDS = ("random",)
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    """The porting parameters the Autoport documents ask for, plus the spec's short name."""
+
+    name: str
+    hf_model_class: str
+    model_id: str
+    weights_path: str
+    modeling_file: str = ""
+    config_file: str = ""
+    model_source_dir: str = ""
+    venv_path: str = ""
+
+
+@dataclass(frozen=True)
+class PortParams:
+    model_class: str
+    target: str = "torch"
+    dtype: str = "float32"
+    batch_size: int = 1
+    context_buckets: list[int] = field(default_factory=lambda: [32])
+    max_seq_len: int = 64
+    tp_degree: int = 1
+
+
+@dataclass(frozen=True)
+class ValidationParams:
+    prompts: list[str]
+    num_tokens_to_check: int = 16
+    token_match_threshold: float = 0.95
+
+
+@dataclass(frozen=True)
+class Component:
+    """One component check: the HF submodule and the port submodule that must agree."""
+
+    name: str
+    hf_module: str
+    port_module: str = ""
+    layers: list[int | str] = field(default_factory=lambda: ["first", "last"])
+
+    @property
+    def per_layer(self) -> bool:
+        return "{i}" in self.hf_module
+
+    def resolved_layers(self, num_layers: int) -> list[int]:
+        if not self.per_layer:
+            return []
+        chosen: list[int] = []
+        for entry in self.layers:
+            if entry == "all":
+                chosen.extend(range(num_layers))
+                continue
+            index = {"first": 0, "last": num_layers - 1}.get(entry, entry)
+            if isinstance(index, int) and index < 0:
+                index += num_layers
+            if index not in chosen:
+                chosen.append(index)
+        return chosen
+
+    def hf_path(self, layer: int | None) -> str:
+        return self.hf_module.format(i=layer)
+
+    def port_path(self, layer: int | None) -> str:
+        return (self.port_module or self.hf_module).format(i=layer)
+
+
+@dataclass(frozen=True)
+class PortSpec:
+    path: Path
+    project_root: Path
+    model: ModelParams
+    port: PortParams
+    validation: ValidationParams
+    components: list[Component]
+    tiny: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    def resolve(self, relative: str) -> Path:
+        candidate = Path(relative).expanduser()
+        return candidate if candidate.is_absolute() else self.project_root / candidate
+
+    @property
+    def weights_dir(self) -> Path:
+        return self.resolve(self.model.weights_path)
+
+    @property
+    def port_class_file(self) -> Path:
+        return self.resolve(self.port.model_class.split(":", 1)[0])
+
+    def with_overrides(self, **port_overrides) -> PortSpec:
+        changes = {k: v for k, v in port_overrides.items() if v is not None}
+        if not changes:
+            return self
+        return dataclasses.replace(self, port=dataclasses.replace(self.port, **changes))
+
+
+_TABLES = {"model": ModelParams, "port": PortParams, "validation": ValidationParams}
+
+
+def find_spec_file(name_or_path: str, project_root: Path) -> Path:
+    """``llama`` -> ``<root>/port_specs/llama.toml``; a path is taken as it is."""
+    candidate = Path(name_or_path).expanduser()
+    if candidate.suffix == ".toml" or candidate.parent != Path("."):
+        path = candidate if candidate.is_absolute() else project_root / candidate
+    else:
+        path = project_root / "port_specs" / f"{name_or_path}.toml"
+    if not path.is_file():
+        available = sorted(p.stem for p in (project_root / "port_specs").glob("*.toml"))
+        hint = f" (specs in port_specs/: {', '.join(available)})" if available else ""
+        raise SpecError(path, None, f"no such spec file{hint}")
+    return path
+
+
+def load_spec(path: Path, project_root: Path, *, check_imports: bool = True) -> PortSpec:
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(path, None, f"invalid TOML: {exc}") from None
+    except OSError as exc:
+        raise SpecError(path, None, f"cannot read: {exc.strerror}") from None
+
+    known = set(_TABLES) | {"components", "tiny"}
+    for key in raw:
+        if key not in known:
+            raise SpecError(path, key, f"unknown table; expected one of {sorted(known)}")
+    tables = {}
+    for key, cls in _TABLES.items():
+        if key not in raw:
+            raise SpecError(path, key, "missing table")
+        tables[key] = _build(cls, raw[key], path, key)
+
+    raw_components = raw.get("components", [])
+    if not isinstance(raw_components, list):
+        raise SpecError(path, "components", "must be an array of tables ([[components]])")
+    components = [
+        _build(Component, entry, path, f"components[{n}]") for n, entry in enumerate(raw_components)
+    ]
+    tiny = raw.get("tiny", {})
+    if not isinstance(tiny, dict):
+        raise SpecError(path, "tiny", "must be a table of config overrides")
+
+    spec = PortSpec(path=path, project_root=project_root, components=components, tiny=tiny, **tables)
+    _check_semantics(spec)
+    if check_imports:
+        import_port_class(spec)
+    return spec
+
+
+def _build(cls, values, path: Path, where: str):
+    if not isinstance(values, dict):
+        raise SpecError(path, where, "must be a table")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for key in values:
+        if key not in fields:
+            raise SpecError(path, f"{where}.{key}", f"unknown key; expected one of {sorted(fields)}")
+    for name, f in fields.items():
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if required and name not in values:
+            raise SpecError(path, f"{where}.{name}", "missing required field")
+        if name in values and not _matches(values[name], hints[name]):
+            raise SpecError(
+                path,
+                f"{where}.{name}",
+                f"expected {_describe(hints[name])}, got {type(values[name]).__name__} {values[name]!r}",
+            )
+    return cls(**values)
+
+
+def _matches(value, hint) -> bool:
+    origin = typing.get_origin(hint)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        return isinstance(value, list) and all(_matches(v, item) for v in value)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        return any(_matches(value, h) for h in typing.get_args(hint))
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _describe(hint) -> str:
+    origin = typing.get_origin(hint)
+    if origin is list:
+        return f"a list of {_describe(typing.get_args(hint)[0])}"
+    if typing.get_args(hint):
+        return " or ".join(_describe(h) for h in typing.get_args(hint))
+    return {str: "a string", int: "an integer", float: "a number", bool: "true or false"}.get(
+        hint, getattr(hint, "__name__", str(hint))
+    )
+
+
+def _check_semantics(spec: PortSpec) -> None:
+    p, path = spec.port, spec.path
+    if p.target not in TARGETS:
+        raise SpecError(path, "port.target", f"unknown target {p.target!r}; expected one of {TARGETS}")
+    if p.dtype not in DTYPES:
+        raise SpecError(path, "port.dtype", f"unknown dtype {p.dtype!r}; expected one of {DTYPES}")
+    if ":" not in p.model_class:
+        raise SpecError(path, "port.model_class", "expected 'path/to/file.py:ClassName'")
+    for name in ("batch_size", "max_seq_len", "tp_degree"):
+        if getattr(p, name) < 1:
+            raise SpecError(path, f"port.{name}", "must be at least 1")
+    if not p.context_buckets or sorted(set(p.context_buckets)) != p.context_buckets:
+        raise SpecError(path, "port.context_buckets", "must be a non-empty, strictly increasing list")
+    if p.context_buckets[0] < 1 or p.context_buckets[-1] > p.max_seq_len:
+        raise SpecError(path, "port.context_buckets", f"buckets must lie in 1..max_seq_len ({p.max_seq_len})")
+    v = spec.validation
+    if not v.prompts:
+        raise SpecError(path, "validation.prompts", "needs at least one prompt")
+    if v.num_tokens_to_check < 1:
+        raise SpecError(path, "validation.num_tokens_to_check", "must be at least 1")
+    if not 0.0 < v.token_match_threshold <= 1.0:
+        raise SpecError(path, "validation.token_match_threshold", "must lie in (0, 1]")
+    seen = set()
+    for n, comp in enumerate(spec.components):
+        if comp.name in seen:
+            raise SpecError(path, f"components[{n}].name", f"duplicate component {comp.name!r}")
+        seen.add(comp.name)
+        for entry in comp.layers:
+            if isinstance(entry, str) and entry not in ("first", "last", "all"):
+                raise SpecError(
+                    path, f"components[{n}].layers", f"{entry!r} is not an index, 'first', 'last' or 'all'"
+                )
+
+
+def import_port_class(spec: PortSpec):
+    """Import the class named by ``port.model_class`` (``file.py:Class``) from its file."""
+    file_part, _, class_name = spec.port.model_class.partition(":")
+    return import_from_file(spec.resolve(file_part), class_name, spec.path, "port.model_class")
+
+
+def import_from_file(file: Path, attr: str, spec_path: Path, field_name: str):
+    if not file.is_file():
+        raise SpecError(spec_path, field_name, f"file not found: {file}")
+    module_name = _module_name_for(file)
+    module = sys.modules.get(module_name)
+    if module is None or getattr(module, "__file__", None) != str(file):
+        _ensure_packages_importable(file)
+        spec_obj = importlib.util.spec_from_file_location(module_name, file)
+        module = importlib.util.module_from_spec(spec_obj)
+        sys.modules[module_name] = module
+        try:
+            spec_obj.loader.exec_module(module)
+        except Exception as exc:  # the port's own import error, shown in one line
+            del sys.modules[module_name]
+            raise SpecError(
+                spec_path, field_name, f"importing {file} failed: {type(exc).__name__}: {exc}"
+            ) from None
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise SpecError(spec_path, field_name, f"{file} defines no {attr!r}") from None
+
+
+def _module_name_for(file: Path) -> str:
+    """Dotted name from the outermost folder that is a package (has __init__.py)."""
+    parts = [file.stem]
+    folder = file.parent
+    while (folder / "__init__.py").is_file():
+        parts.insert(0, folder.name)
+        folder = folder.parent
+    return ".".join(parts)
+
+
+def _ensure_packages_importable(file: Path) -> None:
+    folder = file.parent
+    while (folder / "__init__.py").is_file():
+        folder = folder.parent
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))

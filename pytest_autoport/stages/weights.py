@@ -1,0 +1,14 @@
+"""Stage ``weights``: the HF checkpoint converts into the port with nothing lost, missing or misshapen."""
+
+from __future__ import annotations
+
+from ..errors import StageFailure
+
+
+def run(session) -> dict:
+    report, port = session.mapping
+    figures = {"weights_kind": session.weights.kind, "weights_path": str(session.weights.path)}
+    figures.update(report.figures(len(session.hf_state_dict), len(port.state_dict())))
+    if not report.ok:
+        raise StageFailure(report.message(), figures)
+    return figures

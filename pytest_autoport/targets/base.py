@@ -1,0 +1,74 @@
+"""What every target provides. Stage logic only ever talks to these two protocols.
+
+A target turns a port into something that runs: an eager module for the component and model
+checks, compiled artifacts, and a loaded compiled model that generates through its own
+token-generation graph and KV cache.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..spec import PortSpec
+
+
+@dataclass
+class CompileResult:
+    """What a compile produced, written into the artifact manifest."""
+
+    graphs: dict[str, str]  # graph name -> file name inside the artifact folder
+    seconds_per_graph: dict[str, float] = field(default_factory=dict)
+    details: dict = field(default_factory=dict)
+
+
+@dataclass
+class GenerationResult:
+    tokens: list[list[int]]  # new tokens per prompt, prompt excluded
+    ttft_s: float  # context encoding of the first batch, to the first token
+    decode_s: float  # all token-generation steps
+    decode_steps: int
+    total_s: float
+    buckets_used: list[str] = field(default_factory=list)
+
+
+class CompiledModel(Protocol):
+    def generate(self, prompts: list[list[int]], max_new_tokens: int) -> GenerationResult:
+        """Greedy generation through context encoding, then the token-generation graph."""
+        ...
+
+
+class Target(Protocol):
+    name: str
+
+    def unavailable_reason(self) -> str | None:
+        """None when this machine can run the target, else why not (the stage then skips)."""
+        ...
+
+    def versions(self) -> dict[str, str]:
+        """Versions that change compiled artifacts; they go into the artifact key."""
+        ...
+
+    def build_port(self, spec: PortSpec, hf_config, dtype: torch.dtype) -> torch.nn.Module:
+        """An eager instance of the port, weights not loaded."""
+        ...
+
+    def run_model(self, port: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+        """Eager full forward from position 0 (fresh KV cache): logits of shape [batch, seq, vocab]."""
+        ...
+
+    def run_component(self, module: torch.nn.Module, kind: str, inputs: dict) -> torch.Tensor:
+        """Call one port submodule. ``kind`` is the component name (mlp, attention, ...);
+        ``inputs`` holds ``hidden_states`` [b, s, h], ``position_ids`` [b, s] and ``input_ids``."""
+        ...
+
+    def compile(self, port: torch.nn.Module, spec: PortSpec, out_dir: Path) -> CompileResult:
+        """Compile every bucket's graph into ``out_dir`` (an empty folder)."""
+        ...
+
+    def load_compiled(self, spec: PortSpec, out_dir: Path, result: CompileResult) -> CompiledModel:
+        ...

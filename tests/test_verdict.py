@@ -1,0 +1,102 @@
+"""The plugin end to end on the bundled Llama port: a correct port passes every stage; each planted
+bug fails at the stage that should catch it, names the culprit, and skips what depends on it."""
+
+from __future__ import annotations
+
+import pytest
+
+ALL_STAGES = [
+    "env",
+    "weights",
+    "component[embedding]",
+    "component[input_norm-layer0]",
+    "component[input_norm-layer1]",
+    "component[attention-layer0]",
+    "component[attention-layer1]",
+    "component[post_attention_norm-layer0]",
+    "component[post_attention_norm-layer1]",
+    "component[mlp-layer0]",
+    "component[mlp-layer1]",
+    "component[decoder_layer-layer0]",
+    "component[decoder_layer-layer1]",
+    "component[norm]",
+    "component[lm_head]",
+    "model",
+    "compile",
+    "generate",
+    "golden",
+]
+DOWNSTREAM = ("compile", "generate", "golden")
+
+
+def test_correct_port_passes_every_stage(port_project):
+    result = port_project.run()
+    result.assert_outcomes(passed=len(ALL_STAGES))
+    assert result.ret == 0
+    data = port_project.results()
+    assert data["passed"] is True
+    assert data["model"] == "llama" and data["target"] == "torch"
+    assert data["weights"]["kind"] == "tiny-random"
+    assert [s["id"] for s in data["stages"]] == ALL_STAGES
+    figures = {s["id"]: s["figures"] for s in data["stages"]}
+    assert figures["golden"]["token_match"] >= 0.95
+    assert figures["generate"]["decode_tokens_per_s"] > 0
+    assert figures["compile"]["graphs"] == 3  # two context buckets and one token-generation graph
+    result.stdout.fnmatch_lines(["*autoport verdict*", "verdict: PASSED (llama, target torch, tiny-random weights)"])
+    summary = (port_project.root / "agent_artifacts" / "traces" / "port_summary.md").read_text()
+    assert "**PASSED**" in summary and "`golden`" in summary
+
+
+@pytest.mark.parametrize(
+    ("bug", "failing", "message", "first_divergent"),
+    [
+        ("rope_theta", "component[attention-layer0]", "attention (layer 0) differs", "model.layers.0.self_attn"),
+        ("swapped_gate_up", "component[mlp-layer0]", "mlp (layer 0) differs", "model.layers.0.mlp"),
+        ("missing_residual", "component[decoder_layer-layer0]", "decoder_layer (layer 0) differs", "model.layers.0"),
+        ("layernorm_for_rmsnorm", "component[input_norm-layer0]", "input_norm (layer 0) differs", "model.layers.0.input_layernorm"),
+    ],
+)
+def test_planted_logic_bug_fails_at_its_component(port_project, bug, failing, message, first_divergent):
+    port_project.plant(bug)
+    result = port_project.run()
+    assert result.ret == 1
+    statuses = port_project.statuses()
+    assert statuses[failing] == "failed"
+    assert statuses["weights"] == "passed"
+    assert statuses["model"] == "failed"
+    for stage in DOWNSTREAM:
+        assert statuses[stage] == "skipped"
+    stages = {s["id"]: s for s in port_project.results()["stages"]}
+    assert message in stages[failing]["message"]
+    assert stages["model"]["figures"]["first_divergence"] == first_divergent
+    assert f"first divergent module: {first_divergent}" in stages["model"]["message"]
+    assert "prerequisite stage model did not pass" in stages["compile"]["message"]
+    assert "Traceback" not in result.stdout.str()
+
+
+def test_wrong_weight_key_fails_weights_and_names_the_key(port_project):
+    port_project.plant("wrong_weight_key")
+    result = port_project.run()
+    assert result.ret == 1
+    statuses = port_project.statuses()
+    assert statuses["weights"] == "failed"
+    assert all(statuses[s] == "skipped" for s in statuses if s not in ("env", "weights"))
+    message = {s["id"]: s["message"] for s in port_project.results()["stages"]}["weights"]
+    assert "HF tensors the conversion never used (1)" in message
+    assert "model.layers.0.self_attn.q_proj.weight" in message
+    result.stdout.fnmatch_lines(["*model.layers.0.self_attn.q_proj.weight*"])
+
+
+def test_k_selects_one_component(port_project):
+    result = port_project.run("-k", "mlp")
+    result.assert_outcomes(passed=2)
+    assert [s["id"] for s in port_project.results()["stages"]] == ["component[mlp-layer0]", "component[mlp-layer1]"]
+
+
+def test_second_run_reuses_compiled_artifact(port_project):
+    port_project.run("-k", "compile").assert_outcomes(passed=1)
+    first = {s["id"]: s for s in port_project.results()["stages"]}["compile"]["figures"]
+    port_project.run("-k", "compile").assert_outcomes(passed=1)
+    second = {s["id"]: s for s in port_project.results()["stages"]}["compile"]["figures"]
+    assert first["compiled"] is True and second["compiled"] is False
+    assert first["key"] == second["key"]
