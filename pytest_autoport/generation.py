@@ -1,60 +1,93 @@
-"""Greedy generation over static-shape graphs: pad to a context bucket, then decode one token at a time.
+"""Generation over static-shape graphs: pad to a context bucket, then decode one token at a time
+through the token-generation graph of the smallest bucket that reaches the current position.
 
-Target-independent: a target hands in its context-encoding graphs (one per bucket) and its
-token-generation graph; this module picks buckets, pads, batches and times.
+Target-independent: a target hands in its graphs and a cache reset; this module picks buckets,
+pads, batches, samples and times.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
+from .buckets import smallest_fitting
 from .errors import StageFailure
 from .targets.base import GenerationResult
 
 Graph = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (input_ids, position_ids) -> logits
 
 
-def pick_bucket(length: int, buckets: list[int]) -> int:
-    for bucket in buckets:
-        if bucket >= length:
-            return bucket
-    raise StageFailure(
-        f"a prompt of {length} tokens does not fit the largest context bucket ({buckets[-1]}); "
-        "raise port.context_buckets in the spec or shorten validation.prompts"
-    )
+@dataclass(frozen=True)
+class SamplingParams:
+    max_new_tokens: int
+    temperature: float = 0.0  # 0: greedy
+    top_k: int = 0  # 0: no top-k filter
+    top_p: float = 1.0
+    seed: int = 0
+    eos_token_id: int | None = None  # stop a row at EOS; None: always max_new_tokens
+    suppress_token_ids: tuple[int, ...] = ()
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
 
 
-def greedy_generate(
+def choose_next(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> torch.Tensor:
+    """logits [batch, vocab] -> token ids [batch]."""
+    logits = logits.float()
+    if params.suppress_token_ids:
+        logits[:, list(params.suppress_token_ids)] = float("-inf")
+    if params.greedy:
+        return logits.argmax(-1)
+    logits = logits / params.temperature
+    if params.top_k > 0:
+        kth = torch.topk(logits, min(params.top_k, logits.shape[-1])).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if params.top_p < 1.0:
+        ordered, order = logits.sort(-1, descending=True)
+        cumulative = ordered.softmax(-1).cumsum(-1)
+        drop = cumulative - ordered.softmax(-1) > params.top_p  # keep the smallest prefix reaching top_p
+        logits = logits.scatter(-1, order, ordered.masked_fill(drop, float("-inf")))
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
+
+
+def generate(
     prompts: list[list[int]],
-    max_new_tokens: int,
+    params: SamplingParams,
     *,
     context_graphs: dict[int, Graph],
-    token_graph: Graph,
+    token_graphs: dict[int, Graph],
     reset_cache: Callable[[], None],
     batch_size: int,
     max_seq_len: int,
     pad_id: int = 0,
 ) -> GenerationResult:
-    buckets = sorted(context_graphs)
+    context_buckets, token_buckets = sorted(context_graphs), sorted(token_graphs)
+    generator = torch.Generator().manual_seed(params.seed)
     tokens: list[list[int]] = []
     ttft = decode_s = 0.0
     steps = 0
-    used: list[str] = []
+    used: set[str] = set()
     start = time.perf_counter()
     for first in range(0, len(prompts), batch_size):
         group = prompts[first : first + batch_size]
         rows = group + [group[0]] * (batch_size - len(group))  # fill the static batch
         lengths = torch.tensor([len(r) for r in rows])
         longest = int(lengths.max())
-        if longest + max_new_tokens > max_seq_len:
+        if longest + params.max_new_tokens > max_seq_len:
             raise StageFailure(
-                f"prompt ({longest} tokens) + {max_new_tokens} new tokens exceeds port.max_seq_len ({max_seq_len})"
+                f"prompt ({longest} tokens) + {params.max_new_tokens} new tokens exceeds port.max_seq_len ({max_seq_len})"
             )
-        bucket = pick_bucket(longest, buckets)
-        used.append(f"context_encoding_{bucket}")
+        bucket = smallest_fitting(longest, context_buckets)
+        if bucket is None:
+            raise StageFailure(
+                f"a prompt of {longest} tokens does not fit the largest context bucket ({context_buckets[-1]}); "
+                "raise port.context_buckets in the spec or shorten the prompts"
+            )
+        used.add(f"context_encoding_{bucket}")
         input_ids = torch.full((batch_size, bucket), pad_id, dtype=torch.long)
         for i, row in enumerate(rows):
             input_ids[i, : len(row)] = torch.tensor(row)
@@ -63,24 +96,68 @@ def greedy_generate(
         reset_cache()
         t0 = time.perf_counter()
         logits = context_graphs[bucket](input_ids, positions)
-        next_ids = logits[torch.arange(batch_size), lengths - 1].argmax(-1)
+        next_ids = choose_next(logits[torch.arange(batch_size), lengths - 1], params, generator)
         if first == 0:
             ttft = time.perf_counter() - t0
         generated = [next_ids]
+        finished = _hit_eos(next_ids, params)
         t1 = time.perf_counter()
-        for step in range(1, max_new_tokens):
-            logits = token_graph(next_ids[:, None], (lengths + step - 1)[:, None])
-            next_ids = logits[:, -1].argmax(-1)
+        for step in range(1, params.max_new_tokens):
+            if bool(finished.all()):
+                break
+            position = (lengths + step - 1)[:, None]
+            reach = smallest_fitting(int(position.max()) + 1, token_buckets)
+            used.add(f"token_generation_{reach}")
+            logits = token_graphs[reach](next_ids[:, None], position)
+            next_ids = choose_next(logits[:, -1], params, generator)
             generated.append(next_ids)
+            finished |= _hit_eos(next_ids, params)
             steps += 1
         decode_s += time.perf_counter() - t1
         out = torch.stack(generated, dim=1)
-        tokens.extend(out[i].tolist() for i in range(len(group)))
+        tokens.extend(_cut_at_eos(out[i].tolist(), params.eos_token_id) for i in range(len(group)))
     return GenerationResult(
         tokens=tokens,
         ttft_s=ttft,
         decode_s=decode_s,
         decode_steps=steps,
         total_s=time.perf_counter() - start,
-        buckets_used=sorted(set(used)) + ["token_generation"],
+        buckets_used=sorted(used),
     )
+
+
+def score(
+    sequences: list[list[int]],
+    *,
+    context_graphs: dict[int, Graph],
+    reset_cache: Callable[[], None],
+    batch_size: int,
+    pad_id: int = 0,
+) -> list[torch.Tensor]:
+    """Teacher forcing: logits [len, vocab] of each whole sequence, from one context-encoding pass."""
+    buckets = sorted(context_graphs)
+    out = []
+    for seq in sequences:
+        bucket = smallest_fitting(len(seq), buckets)
+        if bucket is None:
+            raise StageFailure(
+                f"a scored sequence of {len(seq)} tokens does not fit the largest context bucket ({buckets[-1]})"
+            )
+        input_ids = torch.full((batch_size, bucket), pad_id, dtype=torch.long)
+        input_ids[:, : len(seq)] = torch.tensor(seq)
+        positions = torch.arange(bucket).expand(batch_size, bucket).contiguous()
+        reset_cache()
+        out.append(context_graphs[bucket](input_ids, positions)[0, : len(seq)].float())
+    return out
+
+
+def _hit_eos(ids: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    if params.eos_token_id is None:
+        return torch.zeros_like(ids, dtype=torch.bool)
+    return ids == params.eos_token_id
+
+
+def _cut_at_eos(tokens: list[int], eos: int | None) -> list[int]:
+    if eos is not None and eos in tokens:
+        return tokens[: tokens.index(eos) + 1]
+    return tokens

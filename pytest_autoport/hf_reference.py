@@ -98,3 +98,18 @@ def greedy_golden(model, prompts: list[list[int]], max_new_tokens: int, pad_id: 
         )
         out.append(generated[0, ids.shape[1] :].tolist())
     return out
+
+
+def cast_floats(value, dtype):
+    """A copy of a (nested) call argument with floating tensors cast to ``dtype`` (None: unchanged)."""
+    if dtype is None:
+        return value if not isinstance(value, dict) else dict(value)
+    if isinstance(value, torch.Tensor):
+        return value.to(dtype) if value.is_floating_point() else value
+    if isinstance(value, tuple):
+        return tuple(cast_floats(v, dtype) for v in value)
+    if isinstance(value, list):
+        return [cast_floats(v, dtype) for v in value]
+    if isinstance(value, dict):
+        return {k: cast_floats(v, dtype) for k, v in value.items()}
+    return value

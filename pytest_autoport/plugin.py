@@ -46,6 +46,23 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--autoport-dry-run", action="store_true", help="run only the stages that need no target; skip the rest"
     )
+    group.addoption(
+        "--autoport-dtype",
+        choices=("float32", "bfloat16", "float16"),
+        help="override port.dtype (compile dtype and low-precision checks; float32: FP32 checks only)",
+    )
+    group.addoption("--autoport-compiler", choices=("export", "aoti"), help="torch target: override port.compiler")
+    group.addoption(
+        "--autoport-golden-mode",
+        choices=("token", "logit", "all"),
+        default="token",
+        help="golden gate: greedy token match (default), NxDI-style logit tolerances, or both",
+    )
+    group.addoption(
+        "--autoport-clean-cache",
+        action="store_true",
+        help="purge this spec's compiled artifacts (and failed/stale cache entries) before running",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -83,7 +100,7 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector):
 
 class SpecFile(pytest.File):
     def collect(self):
-        from .stages import plan
+        from .stages import plan, timeout_for
 
         state = self.config.stash[STATE]
         try:
@@ -92,15 +109,19 @@ class SpecFile(pytest.File):
                 artifacts_dir=state.artifacts_dir,
                 target=state.option("autoport_target"),
                 dry_run=state.option("autoport_dry_run"),
+                dtype=state.option("autoport_dtype"),
+                compiler=state.option("autoport_compiler"),
+                golden_mode=state.option("autoport_golden_mode"),
             )
             session = AutoportSession(spec, options)
             num_layers = session.hf_config.num_hidden_layers
         except AutoportError as exc:
             raise self.CollectError(str(exc)) from None
         state.session = session
-        for planned in plan(spec, num_layers):
+        for planned in plan(session.spec, num_layers, session.lp_dtype_name):
             item = StageItem.from_parent(self, name=planned.id, planned=planned)
             item.add_marker(pytest.mark.xdist_group(spec.name))
+            item.add_marker(pytest.mark.timeout(timeout_for(planned.stage.name, spec)))
             yield item
 
     def repr_failure(self, excinfo):
@@ -209,6 +230,7 @@ class VerdictReporter:
                 duration_s=round(report.duration, 3),
                 figures=figures,
                 message=_message(report),
+                traceback=_traceback(report),
             )
         )
 
@@ -238,6 +260,14 @@ def _message(report: pytest.TestReport) -> str:
     if report.skipped and isinstance(report.longrepr, tuple):
         return str(report.longrepr[2]).removeprefix("Skipped: ")
     if report.failed:
+        crash = getattr(report.longrepr, "reprcrash", None)
+        return crash.message if crash is not None else str(report.longrepr)
+    return ""
+
+
+def _traceback(report: pytest.TestReport) -> str:
+    """The full traceback of an unexpected error; a failed check's message stands on its own."""
+    if report.failed and getattr(report.longrepr, "reprcrash", None) is not None:
         return str(report.longrepr)
     return ""
 

@@ -25,6 +25,7 @@ class StageRecord:
     duration_s: float = 0.0
     figures: dict = field(default_factory=dict)
     message: str = ""
+    traceback: str = ""  # only for errors inside the harness or the port, not for failed checks
 
 
 @dataclass
@@ -77,6 +78,9 @@ def key_figure(rec: StageRecord) -> str:
         return f"torch {f.get('torch', '?')}, transformers {f.get('transformers', '?')}"
     if rec.stage == "weights":
         return f"{f.get('hf_tensors', '?')} tensors, {f.get('weights_kind', '?')} weights"
+    if rec.stage in ("component", "model") and "r" in f:
+        text = f"R {_num(f['r'], '.3f')} (band {f['band'][0]}-{f['band'][1]}), rel_fro {_num(f.get('rel_fro'))}"
+        return text + (" WARN over-precision" if "warning" in f else "")
     if rec.stage in ("component", "model") and "rel_fro" in f:
         return f"rel_fro {_num(f['rel_fro'])}, max_abs {_num(f.get('max_abs'))}"
     if rec.stage == "compile" and "graphs" in f:
@@ -84,12 +88,15 @@ def key_figure(rec: StageRecord) -> str:
     if rec.stage == "generate" and "decode_tokens_per_s" in f:
         return f"{f['decode_tokens_per_s']} tok/s, ttft {f.get('ttft_s')} s"
     if rec.stage == "golden" and "token_match" in f:
-        return f"token match {f['token_match']:.1%} (>= {f['threshold']:.0%})"
+        return (
+            f"token match {f['token_match']:.1%} (>= {f['threshold']:.0%}), "
+            f"teacher-forced {f.get('teacher_forced_match', 0):.1%}"
+        )
     return rec.message.splitlines()[0][:70] if rec.message else ""
 
 
-def _num(value) -> str:
-    return f"{value:.2e}" if isinstance(value, (int, float)) else str(value)
+def _num(value, fmt: str = ".2e") -> str:
+    return format(value, fmt) if isinstance(value, (int, float)) else str(value)
 
 
 def format_table(verdict: Verdict) -> list[str]:

@@ -21,11 +21,14 @@ class Options:
     artifacts_dir: Path
     target: str | None = None
     dry_run: bool = False
+    dtype: str | None = None  # overrides port.dtype
+    compiler: str | None = None  # overrides port.compiler
+    golden_mode: str = "token"  # token | logit | all
 
 
 class AutoportSession:
     def __init__(self, spec: PortSpec, options: Options):
-        self.spec = spec
+        self.spec = spec.with_overrides(dtype=options.dtype, compiler=options.compiler)
         self.options = options
         self.target_name = options.target or spec.port.target
 
@@ -41,6 +44,9 @@ class AutoportSession:
     @property
     def failures_root(self) -> Path:
         return self.artifacts / "data" / "compilation_failures"
+
+    def plot_path(self, name: str) -> Path:
+        return self.artifacts / "results" / "plots" / f"{self.spec.name}-{name}.png"
 
     # -- target --------------------------------------------------------------------------------------
     @cached_property
@@ -90,7 +96,7 @@ class AutoportSession:
         import torch
 
         ids = self.tokenizer(" ".join(self.spec.validation.prompts))["input_ids"]
-        return torch.tensor([ids[: self.spec.port.context_buckets[-1]]])
+        return torch.tensor([ids[: self.spec.port.context_bucket_list[-1]]])
 
     @cached_property
     def module_paths(self) -> list[tuple[str, str, str, int | None]]:
@@ -111,13 +117,32 @@ class AutoportSession:
         result = {}
 
         def run():
-            result["logits"] = model(self.probe_ids).logits.float()
+            result["logits"] = model(self.probe_ids, use_cache=False).logits.float()
 
         paths = [hf for _, hf, _, _ in self.module_paths]
         try:
             captures = capture_modules(model, paths, run)
         except AttributeError as exc:
             raise AutoportError(f"{self.spec.path}: a components[].hf_module path does not exist: {exc}") from None
+        return captures, result["logits"]
+
+    @cached_property
+    def hf_model_lp(self):
+        import copy
+
+        return copy.deepcopy(self.hf_model).to(self.lp_dtype)
+
+    @cached_property
+    def hf_trace_lp(self):
+        """The same reference forward pass with the HF model in the low-precision dtype."""
+        from .hf_reference import capture_modules
+
+        result = {}
+
+        def run():
+            result["logits"] = self.hf_model_lp(self.probe_ids, use_cache=False).logits.float()
+
+        captures = capture_modules(self.hf_model_lp, [hf for _, hf, _, _ in self.module_paths], run)
         return captures, result["logits"]
 
     @cached_property
@@ -134,6 +159,26 @@ class AutoportSession:
         import torch
 
         return getattr(torch, self.spec.port.dtype)
+
+    @property
+    def lp_dtype_name(self) -> str | None:
+        """The dtype of the low-precision checks: the port's dtype, or bfloat16 for an FP32 port
+        (None when --autoport-dtype=float32 asks for FP32 only)."""
+        if self.options.dtype == "float32":
+            return None
+        return self.spec.port.dtype if self.spec.port.dtype != "float32" else "bfloat16"
+
+    @property
+    def lp_dtype(self):
+        import torch
+
+        return getattr(torch, self.lp_dtype_name)
+
+    @cached_property
+    def port_lp(self):
+        import copy
+
+        return copy.deepcopy(self.port).to(self.lp_dtype)
 
     @cached_property
     def mapping(self):
@@ -162,7 +207,32 @@ class AutoportSession:
         return compile_port(self)
 
     @cached_property
-    def generation(self):
+    def compiled_model(self):
         entry, result = self.compiled
-        model = self.target.load_compiled(self.spec, entry.path, result)
-        return model.generate(self.prompt_ids, self.spec.validation.num_tokens_to_check)
+        return self.target.load_compiled(self.spec, entry.path, result)
+
+    @cached_property
+    def generation(self):
+        """The ``generate`` stage's run, with the spec's sampling settings."""
+        from .generation import SamplingParams
+
+        g = self.spec.generation
+        special = tuple(sorted(set(self.tokenizer.all_special_ids) - {self.tokenizer.eos_token_id}))
+        params = SamplingParams(
+            max_new_tokens=g.max_new_tokens or self.spec.validation.num_tokens_to_check,
+            temperature=g.temperature,
+            top_k=g.top_k,
+            top_p=g.top_p,
+            seed=g.seed,
+            eos_token_id=self.tokenizer.eos_token_id if g.stop_at_eos else None,
+            suppress_token_ids=special if g.suppress_special_tokens else (),
+        )
+        return self.compiled_model.generate(self.prompt_ids, params)
+
+    @cached_property
+    def golden_run(self):
+        """The compiled port's greedy continuation, exactly as long as the golden's."""
+        from .generation import SamplingParams
+
+        params = SamplingParams(max_new_tokens=self.spec.validation.num_tokens_to_check)
+        return self.compiled_model.generate(self.prompt_ids, params)

@@ -23,7 +23,8 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 TARGETS = ("torch", "nxdi")
 DTYPES = ("float32", "bfloat16", "float16")
-WEIGHT_KINDS = ("random",)
+COMPILERS = ("export", "aoti")
+CALL_KINDS = ("input_ids", "hidden_positions", "hidden")
 
 
 @dataclass(frozen=True)
@@ -46,9 +47,23 @@ class PortParams:
     target: str = "torch"
     dtype: str = "float32"
     batch_size: int = 1
-    context_buckets: list[int] = field(default_factory=lambda: [32])
     max_seq_len: int = 64
+    context_buckets: list[int] = field(default_factory=list)  # empty: powers of two up to max_seq_len
+    token_generation_buckets: list[int] = field(default_factory=list)  # empty: powers of two
     tp_degree: int = 1
+    compiler: str = "export"  # torch target: "export" or "aoti"
+
+    @property
+    def context_bucket_list(self) -> list[int]:
+        from .buckets import powers_of_two
+
+        return self.context_buckets or powers_of_two(self.max_seq_len)
+
+    @property
+    def token_bucket_list(self) -> list[int]:
+        from .buckets import powers_of_two
+
+        return self.token_generation_buckets or powers_of_two(self.max_seq_len)
 
 
 @dataclass(frozen=True)
@@ -59,6 +74,23 @@ class ValidationParams:
 
 
 @dataclass(frozen=True)
+class GenerationParams:
+    """The ``generate`` stage: how to sample, when output counts as degenerate, optional speed gates."""
+
+    max_new_tokens: int = 0  # 0: validation.num_tokens_to_check
+    temperature: float = 0.0  # 0: greedy
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int = 0
+    stop_at_eos: bool = True
+    suppress_special_tokens: bool = False
+    max_token_run: int = 8  # one token repeated back to back more often than this: degenerate
+    max_ngram_repeats: int = 4  # an n-gram (n = 2..4) repeated back to back more often than this
+    max_ttft_s: float = 0.0  # 0: no gate
+    min_tokens_per_s: float = 0.0  # 0: no gate
+
+
+@dataclass(frozen=True)
 class Component:
     """One component check: the HF submodule and the port submodule that must agree."""
 
@@ -66,6 +98,23 @@ class Component:
     hf_module: str
     port_module: str = ""
     layers: list[int | str] = field(default_factory=lambda: ["first", "last"])
+    call: str = ""  # how the port module is called; empty: derived from the name (see call_kind)
+    r_band: list[float] = field(default_factory=list)  # low-precision band override [low, high] ...
+    r_band_reason: str = ""  # ... allowed only with a written reason, shown in the report
+
+    @property
+    def call_kind(self) -> str:
+        """``input_ids``: module(input_ids); ``hidden_positions``: module(hidden, position_ids);
+        ``hidden``: module(hidden)."""
+        if self.call:
+            return self.call
+        if self.name in ("embedding", "embed_tokens"):
+            return "input_ids"
+        if "norm" in self.name:
+            return "hidden"
+        if "attention" in self.name or self.name in ("self_attn", "decoder_layer", "layer"):
+            return "hidden_positions"
+        return "hidden"
 
     @property
     def per_layer(self) -> bool:
@@ -101,6 +150,8 @@ class PortSpec:
     port: PortParams
     validation: ValidationParams
     components: list[Component]
+    generation: GenerationParams = field(default_factory=GenerationParams)
+    timeouts: dict = field(default_factory=dict)  # stage name -> seconds
     tiny: dict = field(default_factory=dict)
 
     @property
@@ -127,6 +178,8 @@ class PortSpec:
 
 
 _TABLES = {"model": ModelParams, "port": PortParams, "validation": ValidationParams}
+_OPTIONAL_TABLES = {"generation": GenerationParams}
+STAGE_NAMES = ("env", "weights", "component", "model", "compile", "generate", "golden")
 
 
 def find_spec_file(name_or_path: str, project_root: Path) -> Path:
@@ -152,7 +205,7 @@ def load_spec(path: Path, project_root: Path, *, check_imports: bool = True) -> 
     except OSError as exc:
         raise SpecError(path, None, f"cannot read: {exc.strerror}") from None
 
-    known = set(_TABLES) | {"components", "tiny"}
+    known = set(_TABLES) | set(_OPTIONAL_TABLES) | {"components", "tiny", "timeouts"}
     for key in raw:
         if key not in known:
             raise SpecError(path, key, f"unknown table; expected one of {sorted(known)}")
@@ -168,11 +221,23 @@ def load_spec(path: Path, project_root: Path, *, check_imports: bool = True) -> 
     components = [
         _build(Component, entry, path, f"components[{n}]") for n, entry in enumerate(raw_components)
     ]
+    for key, cls in _OPTIONAL_TABLES.items():
+        tables[key] = _build(cls, raw.get(key, {}), path, key)
+    timeouts = raw.get("timeouts", {})
+    if not isinstance(timeouts, dict):
+        raise SpecError(path, "timeouts", "must be a table of stage = seconds")
+    for stage, seconds in timeouts.items():
+        if stage not in STAGE_NAMES:
+            raise SpecError(path, f"timeouts.{stage}", f"unknown stage; expected one of {STAGE_NAMES}")
+        if not _matches(seconds, float) or seconds <= 0:
+            raise SpecError(path, f"timeouts.{stage}", f"expected a positive number of seconds, got {seconds!r}")
     tiny = raw.get("tiny", {})
     if not isinstance(tiny, dict):
         raise SpecError(path, "tiny", "must be a table of config overrides")
 
-    spec = PortSpec(path=path, project_root=project_root, components=components, tiny=tiny, **tables)
+    spec = PortSpec(
+        path=path, project_root=project_root, components=components, timeouts=timeouts, tiny=tiny, **tables
+    )
     _check_semantics(spec)
     if check_imports:
         import_port_class(spec)
@@ -236,10 +301,23 @@ def _check_semantics(spec: PortSpec) -> None:
     for name in ("batch_size", "max_seq_len", "tp_degree"):
         if getattr(p, name) < 1:
             raise SpecError(path, f"port.{name}", "must be at least 1")
-    if not p.context_buckets or sorted(set(p.context_buckets)) != p.context_buckets:
-        raise SpecError(path, "port.context_buckets", "must be a non-empty, strictly increasing list")
-    if p.context_buckets[0] < 1 or p.context_buckets[-1] > p.max_seq_len:
-        raise SpecError(path, "port.context_buckets", f"buckets must lie in 1..max_seq_len ({p.max_seq_len})")
+    if p.compiler not in COMPILERS:
+        raise SpecError(path, "port.compiler", f"unknown compiler {p.compiler!r}; expected one of {COMPILERS}")
+    for name in ("context_buckets", "token_generation_buckets"):
+        buckets = getattr(p, name)
+        if not buckets:
+            continue
+        if sorted(set(buckets)) != buckets:
+            raise SpecError(path, f"port.{name}", "must be a strictly increasing list")
+        if buckets[0] < 1 or buckets[-1] > p.max_seq_len:
+            raise SpecError(path, f"port.{name}", f"buckets must lie in 1..max_seq_len ({p.max_seq_len})")
+    if p.token_generation_buckets and p.token_generation_buckets[-1] != p.max_seq_len:
+        raise SpecError(
+            path, "port.token_generation_buckets", f"the last bucket must be max_seq_len ({p.max_seq_len})"
+        )
+    g = spec.generation
+    if g.temperature < 0 or not 0 < g.top_p <= 1 or g.top_k < 0:
+        raise SpecError(path, "generation", "needs temperature >= 0, 0 < top_p <= 1 and top_k >= 0")
     v = spec.validation
     if not v.prompts:
         raise SpecError(path, "validation.prompts", "needs at least one prompt")
@@ -252,6 +330,14 @@ def _check_semantics(spec: PortSpec) -> None:
         if comp.name in seen:
             raise SpecError(path, f"components[{n}].name", f"duplicate component {comp.name!r}")
         seen.add(comp.name)
+        if comp.call and comp.call not in CALL_KINDS:
+            raise SpecError(path, f"components[{n}].call", f"{comp.call!r} is not one of {CALL_KINDS}")
+        if comp.r_band and (len(comp.r_band) != 2 or not 0 < comp.r_band[0] < comp.r_band[1]):
+            raise SpecError(path, f"components[{n}].r_band", "expected [low, high] with 0 < low < high")
+        if comp.r_band and not comp.r_band_reason.strip():
+            raise SpecError(
+                path, f"components[{n}].r_band_reason", "overriding r_band needs a written reason"
+            )
         for entry in comp.layers:
             if isinstance(entry, str) and entry not in ("first", "last", "all"):
                 raise SpecError(

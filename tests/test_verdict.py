@@ -5,27 +5,27 @@ from __future__ import annotations
 
 import pytest
 
-ALL_STAGES = [
-    "env",
-    "weights",
-    "component[embedding]",
-    "component[input_norm-layer0]",
-    "component[input_norm-layer1]",
-    "component[attention-layer0]",
-    "component[attention-layer1]",
-    "component[post_attention_norm-layer0]",
-    "component[post_attention_norm-layer1]",
-    "component[mlp-layer0]",
-    "component[mlp-layer1]",
-    "component[decoder_layer-layer0]",
-    "component[decoder_layer-layer1]",
-    "component[norm]",
-    "component[lm_head]",
-    "model",
-    "compile",
-    "generate",
-    "golden",
+COMPONENTS = [
+    "embedding",
+    "input_norm-layer0",
+    "input_norm-layer1",
+    "attention-layer0",
+    "attention-layer1",
+    "post_attention_norm-layer0",
+    "post_attention_norm-layer1",
+    "mlp-layer0",
+    "mlp-layer1",
+    "decoder_layer-layer0",
+    "decoder_layer-layer1",
+    "norm",
+    "lm_head",
 ]
+ALL_STAGES = (
+    ["env", "weights"]
+    + [f"component[{c}]" for c in COMPONENTS]
+    + [f"component[{c}-bfloat16]" for c in COMPONENTS]
+    + ["model", "model[bfloat16]", "compile", "generate", "golden"]
+)
 DOWNSTREAM = ("compile", "generate", "golden")
 
 
@@ -41,7 +41,7 @@ def test_correct_port_passes_every_stage(port_project):
     figures = {s["id"]: s["figures"] for s in data["stages"]}
     assert figures["golden"]["token_match"] >= 0.95
     assert figures["generate"]["decode_tokens_per_s"] > 0
-    assert figures["compile"]["graphs"] == 3  # two context buckets and one token-generation graph
+    assert figures["compile"]["graphs"] == 5  # three context-encoding and two token-generation buckets
     result.stdout.fnmatch_lines(["*autoport verdict*", "verdict: PASSED (llama, target torch, tiny-random weights)"])
     summary = (port_project.root / "agent_artifacts" / "traces" / "port_summary.md").read_text()
     assert "**PASSED**" in summary and "`golden`" in summary
@@ -88,7 +88,7 @@ def test_wrong_weight_key_fails_weights_and_names_the_key(port_project):
 
 
 def test_k_selects_one_component(port_project):
-    result = port_project.run("-k", "mlp")
+    result = port_project.run("-k", "mlp and not bfloat16")
     result.assert_outcomes(passed=2)
     assert [s["id"] for s in port_project.results()["stages"]] == ["component[mlp-layer0]", "component[mlp-layer1]"]
 

@@ -1,7 +1,7 @@
 """Llama family port for the portable torch target: GQA attention, RoPE, RMSNorm, SwiGLU MLP.
 
 Static shapes: the KV cache is preallocated for ``neuron_config.batch_size`` x ``max_seq_len``.
-One ``forward(input_ids, position_ids)`` serves both graphs: context encoding (a whole bucket of
+One ``forward(input_ids, position_ids, cache_len)`` serves both graphs: context encoding (a whole bucket of
 prompt positions) and token generation (one position per sequence); each writes its keys and
 values into the cache at ``position_ids`` and attends to cache slots up to its own position.
 """
@@ -41,7 +41,7 @@ class NeuronLlamaAttention(nn.Module):
         nc = config.neuron_config
         self.cache = KVCache(nc.batch_size, self.num_kv_heads, nc.max_seq_len, self.head_dim)
 
-    def forward(self, hidden_states, position_ids):
+    def forward(self, hidden_states, position_ids, cache_len=None):
         batch, seq, _ = hidden_states.shape
         q = self.q_proj(hidden_states).view(batch, seq, self.num_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(hidden_states).view(batch, seq, self.num_kv_heads, self.head_dim).transpose(1, 2)
@@ -49,7 +49,7 @@ class NeuronLlamaAttention(nn.Module):
         cos, sin = self.rotary(position_ids, q.dtype)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
 
-        keys, values = self.cache.update(k, v, position_ids)
+        keys, values = self.cache.update(k, v, position_ids, cache_len)
         groups = self.num_heads // self.num_kv_heads
         keys, values = repeat_kv(keys, groups), repeat_kv(values, groups)
         scores = (q @ keys.transpose(-1, -2)) * self.head_dim**-0.5
@@ -61,15 +61,16 @@ class NeuronLlamaAttention(nn.Module):
 
 
 class NeuronLlamaDecoderLayer(nn.Module):
-    def __init__(self, config):
+    def __init__(self, config, layer_idx):
         super().__init__()
+        self.layer_idx = layer_idx
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.self_attn = NeuronLlamaAttention(config)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = NeuronLlamaMLP(config)
 
-    def forward(self, hidden_states, position_ids):
-        hidden_states = hidden_states + self.self_attn(self.input_layernorm(hidden_states), position_ids)
+    def forward(self, hidden_states, position_ids, cache_len=None):
+        hidden_states = hidden_states + self.self_attn(self.input_layernorm(hidden_states), position_ids, cache_len)
         return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
 
 
@@ -77,13 +78,13 @@ class NeuronLlamaModel(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(NeuronLlamaDecoderLayer(config) for _ in range(config.num_hidden_layers))
+        self.layers = nn.ModuleList(NeuronLlamaDecoderLayer(config, i) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, input_ids, position_ids):
+    def forward(self, input_ids, position_ids, cache_len=None):
         hidden_states = self.embed_tokens(input_ids)
         for layer in self.layers:
-            hidden_states = layer(hidden_states, position_ids)
+            hidden_states = layer(hidden_states, position_ids, cache_len)
         return self.norm(hidden_states)
 
 
@@ -94,8 +95,8 @@ class NeuronLlamaForCausalLM(nn.Module):
         self.model = NeuronLlamaModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
 
-    def forward(self, input_ids, position_ids):
-        return self.lm_head(self.model(input_ids, position_ids)).float()
+    def forward(self, input_ids, position_ids, cache_len=None):
+        return self.lm_head(self.model(input_ids, position_ids, cache_len)).float()
 
     @staticmethod
     def convert_hf_to_neuron_state_dict(state_dict, config):

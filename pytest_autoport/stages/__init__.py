@@ -39,14 +39,36 @@ STAGES = {
 }
 
 
-def plan(spec: PortSpec, num_layers: int) -> list[PlannedStage]:
+DEFAULT_TIMEOUTS = {  # seconds; a spec's [timeouts] table overrides them
+    "env": 120,
+    "weights": 600,
+    "component": 600,
+    "model": 1800,
+    "compile": 7200,
+    "generate": 1800,
+    "golden": 3600,
+}
+
+
+def plan(spec: PortSpec, num_layers: int, lp_dtype: str | None) -> list[PlannedStage]:
+    """Every stage item in order. Each component and the model are checked in FP32 (ids without a
+    dtype suffix) and, unless ``lp_dtype`` is None, in that low precision (``-bfloat16`` suffix)."""
     items = [PlannedStage(STAGES["env"], "env"), PlannedStage(STAGES["weights"], "weights")]
-    for comp in spec.components:
-        layers = comp.resolved_layers(num_layers) if comp.per_layer else [None]
-        for layer in layers:
-            suffix = comp.name if layer is None else f"{comp.name}-layer{layer}"
-            items.append(
-                PlannedStage(STAGES["component"], f"component[{suffix}]", {"component": comp, "layer": layer})
-            )
-    items += [PlannedStage(STAGES[name], name) for name in ("model", "compile", "generate", "golden")]
+    dtypes = [None] + ([lp_dtype] if lp_dtype else [])
+    for dtype in dtypes:
+        for comp in spec.components:
+            layers = comp.resolved_layers(num_layers) if comp.per_layer else [None]
+            for layer in layers:
+                suffix = comp.name if layer is None else f"{comp.name}-layer{layer}"
+                suffix += f"-{dtype}" if dtype else ""
+                params = {"component": comp, "layer": layer, "dtype": dtype}
+                items.append(PlannedStage(STAGES["component"], f"component[{suffix}]", params))
+    items.append(PlannedStage(STAGES["model"], "model", {"dtype": None}))
+    if lp_dtype:
+        items.append(PlannedStage(STAGES["model"], f"model[{lp_dtype}]", {"dtype": lp_dtype}))
+    items += [PlannedStage(STAGES[name], name) for name in ("compile", "generate", "golden")]
     return items
+
+
+def timeout_for(stage: str, spec: PortSpec) -> float:
+    return spec.timeouts.get(stage, DEFAULT_TIMEOUTS[stage])

@@ -24,10 +24,11 @@ def key_inputs(session) -> dict:
         "target": session.target_name,
         "dtype": spec.port.dtype,
         "batch_size": spec.port.batch_size,
-        "context_buckets": spec.port.context_buckets,
+        "context_buckets": spec.port.context_bucket_list,
+        "token_generation_buckets": spec.port.token_bucket_list,
         "max_seq_len": spec.port.max_seq_len,
         "tp_degree": spec.port.tp_degree,
-        "compiler": "export",
+        "compiler": spec.port.compiler,
         "versions": session.target.versions(),
     }
 

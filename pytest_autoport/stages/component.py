@@ -1,15 +1,20 @@
-"""Stage ``component[...]``: one port submodule against its HF submodule on the same input and weights."""
+"""Stage ``component[...]``: one port submodule against its HF submodule on the same input and weights.
+
+The input is what the HF submodule received during one reference forward pass over the probe
+tokens, so the comparison uses real activations and the HF call convention of the installed
+transformers version.
+"""
 
 from __future__ import annotations
 
+import copy
+
+from ..checks import DEFAULT_BAND, check_fp32, check_low_precision
 from ..errors import AutoportError, StageFailure
-from ..hf_reference import hidden_input
-from ..numerics import compare, judge_strict
-
-FP32_REL_TOL = 1e-4
+from ..hf_reference import cast_floats, first_tensor, hidden_input
 
 
-def run(session, component, layer) -> dict:
+def run(session, component, layer, dtype=None) -> dict:
     import torch
 
     hf_path, port_path = component.hf_path(layer), component.port_path(layer)
@@ -17,19 +22,47 @@ def run(session, component, layer) -> dict:
     capture = captures.get(hf_path)
     if capture is None:
         raise AutoportError(f"{session.spec.path}: HF module {hf_path!r} never ran in the reference forward pass")
-    try:
-        module = session.port.get_submodule(port_path)
-    except AttributeError:
-        raise StageFailure(f"the port has no submodule {port_path!r} (components.port_module of {component.name!r})") from None
-
-    hidden = hidden_input(capture)
+    where = component.name if layer is None else f"{component.name} (layer {layer})"
+    plot = session.plot_path(f"component-{component.name}-{layer}-{dtype or 'fp32'}")
     positions = torch.arange(session.probe_ids.shape[1]).expand_as(session.probe_ids).contiguous()
-    inputs = {"hidden_states": hidden, "position_ids": positions, "input_ids": session.probe_ids}
-    actual = session.target.run_component(module, component.name, inputs)
-    cmp = compare(actual, capture.output)
-    figures = {"hf_module": hf_path, "port_module": port_path, **cmp.to_dict()}
-    verdict = judge_strict(cmp, FP32_REL_TOL)
-    if not verdict.ok:
-        where = component.name if layer is None else f"{component.name} (layer {layer})"
-        raise StageFailure(f"{where} differs from HF {hf_path} in FP32: {verdict.reason}", figures)
-    return figures
+    figures = {"hf_module": hf_path, "port_module": port_path}
+
+    if dtype is None:
+        module = _port_module(session.port, port_path, component)
+        inputs = {"hidden_states": hidden_input(capture), "position_ids": positions, "input_ids": session.probe_ids}
+        actual = session.target.run_component(module, component.call_kind, inputs)
+        return {**figures, **check_fp32(actual, capture.output, where, plot)}
+
+    lp = getattr(torch, dtype)
+    hidden = hidden_input(capture)
+    hidden_lp = hidden.to(lp) if hidden.is_floating_point() else hidden
+    hf_module = session.hf_model.get_submodule(hf_path)
+    with torch.inference_mode():
+        ref_fp32 = first_tensor(_call_hf(hf_module, capture, hidden_lp.to(hidden.dtype), None))
+        ref_lp = first_tensor(_call_hf(copy.deepcopy(hf_module).to(lp), capture, hidden_lp, lp))
+    module = _port_module(session.port_lp, port_path, component)
+    inputs = {"hidden_states": hidden_lp, "position_ids": positions, "input_ids": session.probe_ids}
+    port_lp = session.target.run_component(module, component.call_kind, inputs)
+    band = tuple(component.r_band) if component.r_band else DEFAULT_BAND
+    return {
+        **figures,
+        **check_low_precision(
+            port_lp, ref_lp, ref_fp32, where, plot, dtype_name=dtype, band=band, reason=component.r_band_reason
+        ),
+    }
+
+
+def _port_module(port, path, component):
+    try:
+        return port.get_submodule(path)
+    except AttributeError:
+        raise StageFailure(f"the port has no submodule {path!r} (components.port_module of {component.name!r})") from None
+
+
+def _call_hf(module, capture, hidden, dtype):
+    args = (hidden, *cast_floats(capture.args[1:], dtype)) if capture.args else ()
+    kwargs = cast_floats(capture.kwargs, dtype)
+    if not capture.args:
+        key = next(k for k in ("hidden_states", "input", "x", "input_ids") if k in kwargs)
+        kwargs[key] = hidden
+    return module(*args, **kwargs)

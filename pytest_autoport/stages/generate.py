@@ -1,26 +1,38 @@
-"""Stage ``generate``: the compiled port generates through its token-generation graph and KV cache."""
+"""Stage ``generate``: the compiled port generates through its token-generation graphs and KV cache;
+the output must be non-degenerate and, where the spec sets gates, fast enough."""
 
 from __future__ import annotations
 
+from ..degeneracy import find_degeneracy
 from ..errors import StageFailure
 
 
 def run(session) -> dict:
     result = session.generation
+    g = session.spec.generation
     texts = [session.tokenizer.decode(tokens) for tokens in result.tokens]
-    new_tokens = sum(len(t) for t in result.tokens)
+    tokens_per_s = result.decode_steps * session.spec.port.batch_size / result.decode_s if result.decode_s else 0.0
     figures = {
         "prompts": len(result.tokens),
-        "new_tokens": new_tokens,
-        "ttft_s": round(result.ttft_s, 4),
-        "decode_tokens_per_s": round(result.decode_steps * session.spec.port.batch_size / result.decode_s, 1)
-        if result.decode_s > 0
-        else None,
+        "new_tokens": sum(len(t) for t in result.tokens),
+        "ttft_s": round(result.ttft_s, 5),
+        "decode_tokens_per_s": round(tokens_per_s, 1),
         "e2e_s": round(result.total_s, 4),
         "buckets_used": ",".join(result.buckets_used),
-        "sample": texts[0][:200],
+        "sampling": "greedy" if g.temperature == 0 else f"T={g.temperature} top_k={g.top_k} top_p={g.top_p} seed={g.seed}",
+        "texts": texts,
     }
-    empty = [i for i, tokens in enumerate(result.tokens) if not tokens]
-    if empty:
-        raise StageFailure(f"generation produced no tokens for prompt(s) {empty}", figures)
+    problems = []
+    for i, tokens in enumerate(result.tokens):
+        issue = find_degeneracy(tokens, g.max_token_run, g.max_ngram_repeats)
+        if issue:
+            problems.append(f"prompt {i}: degenerate output ({issue}): {texts[i]!r}")
+    if g.max_ttft_s and result.ttft_s > g.max_ttft_s:
+        problems.append(f"time to first token {result.ttft_s:.3f} s exceeds generation.max_ttft_s ({g.max_ttft_s})")
+    if g.min_tokens_per_s and tokens_per_s < g.min_tokens_per_s:
+        problems.append(
+            f"token generation at {tokens_per_s:.1f} tok/s is below generation.min_tokens_per_s ({g.min_tokens_per_s})"
+        )
+    if problems:
+        raise StageFailure("\n".join(problems), figures)
     return figures

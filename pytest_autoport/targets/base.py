@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     import torch
 
+    from ..generation import SamplingParams
     from ..spec import PortSpec
 
 
@@ -37,8 +38,12 @@ class GenerationResult:
 
 
 class CompiledModel(Protocol):
-    def generate(self, prompts: list[list[int]], max_new_tokens: int) -> GenerationResult:
-        """Greedy generation through context encoding, then the token-generation graph."""
+    def generate(self, prompts: list[list[int]], params: SamplingParams) -> GenerationResult:
+        """Context encoding of each prompt, then one token-generation step per new token."""
+        ...
+
+    def score(self, sequences: list[list[int]]) -> list[torch.Tensor]:
+        """Teacher forcing: logits [len, vocab] of each whole sequence from one context-encoding pass."""
         ...
 
 
@@ -62,7 +67,7 @@ class Target(Protocol):
         ...
 
     def run_component(self, module: torch.nn.Module, kind: str, inputs: dict) -> torch.Tensor:
-        """Call one port submodule. ``kind`` is the component name (mlp, attention, ...);
+        """Call one port submodule. ``kind`` is ``Component.call_kind`` (input_ids, hidden_positions, hidden);
         ``inputs`` holds ``hidden_states`` [b, s, h], ``position_ids`` [b, s] and ``input_ids``."""
         ...
 

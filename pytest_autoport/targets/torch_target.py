@@ -9,12 +9,10 @@ from pathlib import Path
 
 import torch
 
-from ..generation import greedy_generate
+from ..generation import SamplingParams, generate, score
 from ..spec import PortSpec, import_port_class
 from .base import CompiledModel, CompileResult, GenerationResult
 
-POSITIONAL_KINDS = {"attention", "self_attn", "decoder_layer", "layer"}
-TOKEN_KINDS = {"embedding", "embed_tokens"}
 
 
 @dataclass(frozen=True)
@@ -55,7 +53,7 @@ class TorchTarget:
         config.neuron_config = TorchNeuronConfig(
             batch_size=p.batch_size,
             max_seq_len=p.max_seq_len,
-            context_buckets=tuple(p.context_buckets),
+            context_buckets=tuple(p.context_bucket_list),
             torch_dtype=dtype,
             tp_degree=p.tp_degree,
         )
@@ -73,62 +71,116 @@ class TorchTarget:
     @torch.inference_mode()
     def run_component(self, module, kind, inputs):
         reset_kv_cache(module)
-        if kind in TOKEN_KINDS:
+        if kind == "input_ids":
             return module(inputs["input_ids"])
-        if kind in POSITIONAL_KINDS:
+        if kind == "hidden_positions":
             return module(inputs["hidden_states"], inputs["position_ids"])
         return module(inputs["hidden_states"])
 
     def compile(self, port, spec: PortSpec, out_dir: Path) -> CompileResult:
-        batch = spec.port.batch_size
+        compiler = spec.port.compiler
         graphs, seconds = {}, {}
-        shapes = {f"context_encoding_{b}": b for b in spec.port.context_buckets}
-        shapes["token_generation"] = 1
-        for graph_name, seq in shapes.items():
+        for graph_name, seq, cache_len in graph_shapes(spec):
             example = (
-                torch.zeros(batch, seq, dtype=torch.long),
-                torch.arange(seq).expand(batch, seq).contiguous(),
+                torch.zeros(spec.port.batch_size, seq, dtype=torch.long),
+                torch.arange(seq).expand(spec.port.batch_size, seq).contiguous(),
             )
             t0 = time.perf_counter()
             with torch.no_grad():
-                program = torch.export.export(port, example, strict=False)
+                program = torch.export.export(BucketGraph(port, cache_len), example, strict=False)
             file_name = f"{graph_name}.pt2"
-            torch.export.save(program, out_dir / file_name)
+            if compiler == "aoti":
+                torch._inductor.aoti_compile_and_package(program, package_path=str(out_dir / file_name))
+            else:
+                torch.export.save(program, out_dir / file_name)
             graphs[graph_name] = file_name
             seconds[graph_name] = round(time.perf_counter() - t0, 3)
-        return CompileResult(graphs=graphs, seconds_per_graph=seconds, details={"compiler": "export"})
+        cache = {
+            name: {"shape": list(buf.shape), "dtype": str(buf.dtype).removeprefix("torch.")}
+            for name, buf in kv_cache_buffers(BucketGraph(port, 0)).items()
+        }
+        return CompileResult(
+            graphs=graphs, seconds_per_graph=seconds, details={"compiler": compiler, "kv_cache": cache}
+        )
 
     def load_compiled(self, spec: PortSpec, out_dir: Path, result: CompileResult) -> CompiledModel:
+        if result.details.get("compiler") == "aoti":
+            return TorchCompiledModel.from_aoti(spec, out_dir, result)
         modules = {name: torch.export.load(out_dir / file).module() for name, file in result.graphs.items()}
-        return TorchCompiledModel(spec, modules)
+        return TorchCompiledModel.from_export(spec, modules)
+
+
+def graph_shapes(spec: PortSpec) -> list[tuple[str, int, int]]:
+    """(graph name, input length, cache slots read) for every bucket."""
+    shapes = [(f"context_encoding_{b}", b, b) for b in spec.port.context_bucket_list]
+    return shapes + [(f"token_generation_{b}", 1, b) for b in spec.port.token_bucket_list]
+
+
+class BucketGraph(torch.nn.Module):
+    """The port with one bucket's cache reach baked in, which is what gets captured."""
+
+    def __init__(self, port: torch.nn.Module, cache_len: int):
+        super().__init__()
+        self.port = port
+        self.cache_len = cache_len
+
+    def forward(self, input_ids, position_ids):
+        return self.port(input_ids, position_ids, cache_len=self.cache_len)
 
 
 class TorchCompiledModel:
     """Loaded graphs that share one set of KV-cache tensors, as NxDI's graphs share device state."""
 
-    def __init__(self, spec: PortSpec, modules: dict[str, torch.nn.Module]):
+    def __init__(self, spec: PortSpec, graphs: dict, cache: dict[str, torch.Tensor]):
         self.spec = spec
-        self.modules = modules
+        self.graphs = graphs
+        self.cache = cache
+
+    @classmethod
+    def from_export(cls, spec: PortSpec, modules: dict[str, torch.nn.Module]):
         first = next(iter(modules.values()))
-        self.cache = {name: torch.zeros_like(buf) for name, buf in kv_cache_buffers(first).items()}
+        cache = {name: torch.zeros_like(buf) for name, buf in kv_cache_buffers(first).items()}
         for module in modules.values():
-            for name, shared in self.cache.items():
+            for name, shared in cache.items():
                 owner, _, attr = name.rpartition(".")
                 setattr(module.get_submodule(owner) if owner else module, attr, shared)
+        return cls(spec, modules, cache)
+
+    @classmethod
+    def from_aoti(cls, spec: PortSpec, out_dir: Path, result: CompileResult):
+        graphs = {name: torch._inductor.aoti_load_package(str(out_dir / f)) for name, f in result.graphs.items()}
+        cache = {
+            name: torch.zeros(meta["shape"], dtype=getattr(torch, meta["dtype"]))
+            for name, meta in result.details["kv_cache"].items()
+        }
+        for graph in graphs.values():
+            graph.load_constants(cache, check_full_update=False, user_managed=True)
+        return cls(spec, graphs, cache)
 
     def _reset(self):
         for buf in self.cache.values():
             buf.zero_()
 
+    def _by_bucket(self, prefix: str) -> dict[int, object]:
+        return {int(n.rsplit("_", 1)[1]): g for n, g in self.graphs.items() if n.startswith(prefix)}
+
     @torch.inference_mode()
-    def generate(self, prompts: list[list[int]], max_new_tokens: int) -> GenerationResult:
-        context = {int(n.rsplit("_", 1)[1]): m for n, m in self.modules.items() if n.startswith("context_encoding_")}
-        return greedy_generate(
+    def generate(self, prompts: list[list[int]], params: SamplingParams) -> GenerationResult:
+        return generate(
             prompts,
-            max_new_tokens,
-            context_graphs=context,
-            token_graph=self.modules["token_generation"],
+            params,
+            context_graphs=self._by_bucket("context_encoding_"),
+            token_graphs=self._by_bucket("token_generation_"),
             reset_cache=self._reset,
             batch_size=self.spec.port.batch_size,
             max_seq_len=self.spec.port.max_seq_len,
+        )
+
+    @torch.inference_mode()
+    def score(self, sequences: list[list[int]]) -> list[torch.Tensor]:
+        return score(
+            sequences,
+            context_graphs=self._by_bucket("context_encoding_"),
+            reset_cache=self._reset,
+            batch_size=self.spec.port.batch_size,
         )

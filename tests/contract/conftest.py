@@ -1,0 +1,120 @@
+"""CONTRACT tests of the ``nxdi`` target. They are NOT hardware validation, and they run no NxDI.
+
+The Neuron SDK cannot be installed here and there are no NeuronCores, so these tests put a stand-in
+package (``stand_in/``: ``neuronx_distributed_inference``, ``neuronx_distributed``, ``torch_neuronx``)
+on ``sys.path``. It imitates only the names and signatures the adapter calls, as read from NxDI's
+source (see ``kb/nxdi_target.md``), and records every call in ``_standin_log``. A passing test shows
+that the adapter calls that API in the right order with the right arguments and handles its
+failures; it shows nothing about NxDI's behaviour, its numerics, the compiler or the hardware.
+
+The ``stand_in`` fixture adds the stand-in for one test and removes it (``sys.path`` and every
+module it brought into ``sys.modules``) afterwards; tests without it see the real environment. The
+NxD environment variables the adapter sets are restored after every test here.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).parent
+STAND_IN = HERE / "stand_in"
+PORT_FILE = HERE / "stand_in_port" / "standin_port_tiny.py"
+STAND_IN_MODULES = (
+    "_standin_log",
+    "neuronx_distributed_inference",
+    "neuronx_distributed",
+    "torch_neuronx",
+    "standin_port_tiny",
+)
+NXD_ENV = (
+    "NXD_CPU_MODE",
+    "BASE_COMPILE_WORK_DIR",
+    "NEURON_CC_FLAGS",
+    "AUTOPORT_NXDI_COMPONENTS",
+    "PYTHONPATH",
+)
+TINY_CONFIG = {
+    "model_type": "tiny",
+    "vocab_size": 32,
+    "hidden_size": 8,
+    "num_hidden_layers": 2,
+    "torch_dtype": "float32",
+}
+SPEC = """
+[model]
+name = "tiny"
+hf_model_class = "LlamaForCausalLM"
+model_id = "stand-in/tiny"
+weights_path = "weights"
+
+[port]
+model_class = "{port}:{cls}"
+target = "nxdi"
+dtype = "float32"
+batch_size = {batch}
+context_buckets = [8, 16]
+token_generation_buckets = [16, 32]
+max_seq_len = 32
+tp_degree = 2
+
+[validation]
+prompts = ["one", "two"]
+"""
+
+
+def _purge_stand_in_modules() -> None:
+    for name in list(sys.modules):
+        if name.split(".", 1)[0] in STAND_IN_MODULES:
+            del sys.modules[name]
+
+
+@pytest.fixture(autouse=True)
+def _restore_nxd_environment():
+    saved = {name: os.environ.get(name) for name in NXD_ENV}
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+@pytest.fixture
+def stand_in(monkeypatch):
+    """The stand-in NxDI on sys.path for this test; yields its call log module."""
+    _purge_stand_in_modules()
+    for name in NXD_ENV:
+        os.environ.pop(name, None)
+    monkeypatch.syspath_prepend(str(STAND_IN))  # undone after the test, with any path the test added
+    log = importlib.import_module("_standin_log")
+    log.CALLS.clear()
+    log.FAIL_AT.clear()
+    log.OPTIONS.clear()
+    try:
+        yield log
+    finally:
+        _purge_stand_in_modules()
+
+
+@pytest.fixture
+def make_spec(tmp_path):
+    """A PortSpec for the toy port (class ``cls``), with a config.json in its weights folder."""
+    from pytest_autoport.spec import load_spec
+
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    (weights / "config.json").write_text(json.dumps(TINY_CONFIG))
+
+    def make(cls: str = "NeuronTinyForCausalLM", batch: int = 1):
+        path = tmp_path / "port_specs" / f"{cls}-{batch}.toml"
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(SPEC.format(port=PORT_FILE, cls=cls, batch=batch))
+        return load_spec(path, tmp_path, check_imports=False)
+
+    return make

@@ -1,0 +1,142 @@
+"""Stand-in for ``neuronx_distributed_inference.models.model_base`` (contract tests only).
+
+``NeuronBaseForCausalLM`` keeps the real one's outline: a context-encoding and a token-generation
+model wrapper sharing one ``NeuronBaseModel`` after ``to_cpu()`` or ``load()``; ``compile()`` saves the
+config, empties the compiler work dir (``BASE_COMPILE_WORK_DIR``), writes HLO and a compiler log
+there, then ``model.pt``; ``forward()`` pads to the context bucket and returns only the last real
+position's logits. The "compiled" model is the same eager toy model: nothing is compiled.
+"""
+
+import os
+import shutil
+from dataclasses import dataclass
+
+import _standin_log
+import torch
+from torch import nn
+
+COMPILED_MODEL_FILE_NAME = "model.pt"
+
+
+@dataclass
+class CausalLMOutput:
+    logits: torch.Tensor
+
+
+class NeuronBaseModel(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.neuron_config = config.neuron_config
+        self.vocab_size = config.vocab_size
+        self.setup_attr_for_model(config)
+        self.init_model(config)
+
+    def setup_attr_for_model(self, config):
+        raise NotImplementedError("setup_attr_for_model() is not implemented")
+
+    def init_model(self, config):
+        raise NotImplementedError("init_model() is not implemented")
+
+    def forward(self, input_ids, attention_mask, position_ids, seq_ids, sampling_params=None):
+        hidden = self.embed_tokens(input_ids)
+        for layer in self.layers:
+            hidden = layer(hidden, attention_mask, position_ids)[0]
+        hidden = self.norm(hidden)
+        last = position_ids.argmax(dim=1)  # right padding: the last real position
+        hidden = hidden[torch.arange(hidden.shape[0]), last][:, None]
+        return self.lm_head(hidden).float()
+
+
+class ModelWrapper:
+    def __init__(self, tag, model_cls, config):
+        self.tag = tag
+        self.model_cls = model_cls
+        self.config = config
+        self.model = None
+
+
+class NeuronBaseForCausalLM(nn.Module):
+    _model_cls = None
+
+    def __init__(self, model_path, config=None, neuron_config=None):
+        super().__init__()
+        _standin_log.record("app.__init__", cls=type(self).__name__, model_path=str(model_path))
+        if config is None:
+            config = self.get_config_cls().load(model_path)
+        self.config = config
+        self.neuron_config = config.neuron_config
+        self.model_path = str(model_path)
+        self.context_encoding_model = ModelWrapper("context_encoding_model", self._model_cls, config)
+        self.token_generation_model = ModelWrapper("token_generation_model", self._model_cls, config)
+        self.models = [self.context_encoding_model, self.token_generation_model]
+
+    @classmethod
+    def get_config_cls(cls):
+        raise NotImplementedError("get_config_cls is not implemented")
+
+    def get_compiler_args(self):
+        _standin_log.record("app.get_compiler_args")
+        return None
+
+    def _build_model(self):
+        torch.manual_seed(0)  # the stand-in's "checkpoint": the same weights every time
+        model = self._model_cls(self.config).to(self.neuron_config.torch_dtype).eval()
+        for wrapper in self.models:
+            wrapper.model = model
+
+    def to_cpu(self):
+        os.environ["NXD_CPU_MODE"] = "1"
+        _standin_log.record("app.to_cpu", tp_degree=self.neuron_config.tp_degree)
+        if self.neuron_config.torch_dtype == torch.float16:
+            raise NotImplementedError("float16 is not supported for CPU inference")
+        self._build_model()
+
+    def compile(self, compiled_model_path, debug=False):
+        workdir = os.environ.get("BASE_COMPILE_WORK_DIR", "/tmp/nxd_model/")
+        self.config.save(compiled_model_path)
+        if os.path.exists(workdir):
+            shutil.rmtree(workdir)
+        graph_dir = os.path.join(workdir, "context_encoding_model", "_tp0_bk0")
+        os.makedirs(graph_dir)
+        with open(os.path.join(graph_dir, "model.hlo_module.pb"), "wb") as f:
+            f.write(b"stand-in hlo")
+        with open(os.path.join(graph_dir, "log-neuron-cc.txt"), "w") as f:
+            f.write("stand-in compiler log\n")
+        _standin_log.record(
+            "app.compile",
+            path=str(compiled_model_path),
+            NEURON_CC_FLAGS=os.environ.get("NEURON_CC_FLAGS"),
+            BASE_COMPILE_WORK_DIR=workdir,
+        )
+        with open(os.path.join(compiled_model_path, COMPILED_MODEL_FILE_NAME), "wb") as f:
+            f.write(b"stand-in traced model")
+
+    def load(self, compiled_model_path, start_rank_id=None, local_ranks_size=None, skip_warmup=False):
+        _standin_log.record("app.load", path=str(compiled_model_path))
+        if not os.path.isfile(os.path.join(compiled_model_path, COMPILED_MODEL_FILE_NAME)):
+            raise FileNotFoundError(f"no {COMPILED_MODEL_FILE_NAME} in {compiled_model_path}")
+        self._build_model()
+
+    def reset(self):
+        _standin_log.record("app.reset")
+
+    def forward(self, input_ids=None, seq_ids=None, attention_mask=None, position_ids=None, **kwargs):
+        kind = "context_encoding" if int(position_ids.min()) == 0 else "token_generation"
+        _standin_log.record("app.forward", kind=kind, shape=tuple(input_ids.shape))
+        batch, length = input_ids.shape
+        size = self.neuron_config.batch_size
+        if kind == "context_encoding":
+            bucket = next(b for b in self.neuron_config.context_encoding_buckets if b >= length)
+            pad = bucket - length
+            input_ids = nn.functional.pad(input_ids, (0, pad))
+            position_ids = nn.functional.pad(position_ids, (0, pad))
+            attention_mask = nn.functional.pad(attention_mask, (0, pad))
+        if batch < size:  # fill the static batch, as the real model wrapper does
+            fill = size - batch
+            input_ids, attention_mask, position_ids = (
+                torch.cat([t, t[:1].expand(fill, -1)]) for t in (input_ids, attention_mask, position_ids)
+            )
+        model = self.context_encoding_model.model
+        logits = model(input_ids, attention_mask, position_ids, torch.arange(size))
+        return CausalLMOutput(logits=logits[:batch])
