@@ -74,6 +74,7 @@ def _materialise_tiny(spec: PortSpec, recipe: dict, dest: Path) -> None:
     overrides = dict(recipe["overrides"])
     model_type = overrides.pop("model_type", None)
     seed = overrides.pop("seed", 0)
+    quantize = overrides.pop("quantize", None)
     if model_type is None:
         raise SpecError(spec.path, "tiny.model_type", "missing (e.g. model_type = \"llama\")")
     model_cls = getattr(transformers, spec.model.hf_model_class, None)
@@ -102,6 +103,13 @@ def _materialise_tiny(spec: PortSpec, recipe: dict, dest: Path) -> None:
         model = model_cls(config).eval()
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
+        if quantize:
+            from .quantization import quantize_checkpoint
+
+            try:
+                quantize_checkpoint(staging, quantize, config)
+            except ValueError as exc:
+                raise SpecError(spec.path, "tiny.quantize", str(exc)) from None
         (staging / TINY_MARKER).write_text(json.dumps({"kind": "tiny-random", "seed": seed, **recipe}, indent=2))
         if dest.exists():
             shutil.rmtree(dest)

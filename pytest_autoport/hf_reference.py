@@ -26,6 +26,11 @@ def load_hf_model(model_class: str, weights_dir: Path, spec_path: Path, dtype=to
     cls = getattr(transformers, model_class, None)
     if cls is None:
         raise SpecError(spec_path, "model.hf_model_class", f"transformers has no class {model_class!r}")
+    from .quantization import reference_loader
+
+    loader = reference_loader(weights_dir)
+    if loader is not None:
+        return loader(cls, weights_dir, dtype).eval()
     dtype_kw = "dtype" if _major(transformers.__version__) >= 5 else "torch_dtype"
     model = cls.from_pretrained(weights_dir, attn_implementation="eager", **{dtype_kw: dtype})
     return model.eval()

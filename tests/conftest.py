@@ -45,34 +45,47 @@ PLANTED_BUGS = {
 
 
 @pytest.fixture(scope="session")
-def tiny_llama_weights(tmp_path_factory) -> Path:
+def tiny_weights(tmp_path_factory):
+    """``tiny_weights(spec_name) -> folder``: each bundled spec's tiny checkpoint, made once per test run."""
     from pytest_autoport.checkpoint import resolve_weights
     from pytest_autoport.spec import load_spec
 
-    spec = load_spec(REPO / "port_specs" / "llama.toml", REPO, check_imports=False)
-    folder = tmp_path_factory.mktemp("weights") / "llama"
-    spec = dataclasses.replace(spec, model=dataclasses.replace(spec.model, weights_path=str(folder)))
-    return resolve_weights(spec).path
+    made: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in made:
+            spec = load_spec(REPO / "port_specs" / f"{name}.toml", REPO, check_imports=False)
+            folder = tmp_path_factory.mktemp("weights") / name
+            spec = dataclasses.replace(spec, model=dataclasses.replace(spec.model, weights_path=str(folder)))
+            made[name] = resolve_weights(spec).path
+        return made[name]
+
+    return get
 
 
 class PortProject:
-    """A throwaway project folder holding the bundled port, for running the plugin with pytester."""
+    """A throwaway project folder holding the bundled ports and one spec, for running the plugin
+    with pytester. Bugs are planted by replacing a snippet of port source."""
 
-    def __init__(self, pytester: pytest.Pytester, weights: Path):
+    def __init__(self, pytester: pytest.Pytester, name: str, weights: Path):
         self.pytester = pytester
+        self.name = name
         self.root = pytester.path
         shutil.copytree(REPO / "neuron_port", self.root / "neuron_port", ignore=shutil.ignore_patterns("__pycache__"))
         (self.root / "port_specs").mkdir()
-        spec_text = (REPO / "port_specs" / "llama.toml").read_text()
+        spec_text = (REPO / "port_specs" / f"{name}.toml").read_text()
         spec_text = re.sub(r'weights_path = ".*"', f'weights_path = "{weights}"', spec_text)
-        self.spec = self.root / "port_specs" / "llama.toml"
+        self.spec = self.root / "port_specs" / f"{name}.toml"
         self.spec.write_text(spec_text)
 
     def plant(self, bug: str) -> None:
-        file, correct, buggy = PLANTED_BUGS[bug]
+        self.replace(*PLANTED_BUGS[bug], what=bug)
+
+    def replace(self, file: str, correct: str, buggy: str, what: str = "planted bug") -> None:
+        """Replace ``correct`` by ``buggy`` in ``neuron_port/<file>``."""
         path = self.root / "neuron_port" / file
         text = path.read_text()
-        assert correct in text, f"{bug}: the text to replace is no longer in {file}"
+        assert correct in text, f"{what}: the text to replace is no longer in {file}"
         path.write_text(text.replace(correct, buggy, 1))
 
     def edit_spec(self, old: str, new: str) -> None:
@@ -81,10 +94,13 @@ class PortProject:
         self.spec.write_text(text.replace(old, new, 1))
 
     def run(self, *args: str) -> pytest.RunResult:
-        return self.pytester.runpytest("--autoport-model=llama", "-p", "no:cacheprovider", *args)
+        return self.pytester.runpytest(f"--autoport-model={self.name}", "-p", "no:cacheprovider", *args)
 
     def results(self) -> dict:
-        return json.loads((self.root / "agent_artifacts" / "results" / "llama.json").read_text())
+        return json.loads((self.root / "agent_artifacts" / "results" / f"{self.name}.json").read_text())
+
+    def stage(self, stage_id: str) -> dict:
+        return next(s for s in self.results()["stages"] if s["id"] == stage_id)
 
     def statuses(self) -> dict[str, str]:
         return {s["id"]: s["status"] for s in self.results()["stages"]}
@@ -106,5 +122,11 @@ def _torch_export_loaded(tmp_path_factory):
 
 
 @pytest.fixture
-def port_project(pytester, tiny_llama_weights, _torch_export_loaded) -> PortProject:
-    return PortProject(pytester, tiny_llama_weights)
+def make_project(pytester, tiny_weights, _torch_export_loaded):
+    """``make_project(spec_name) -> PortProject`` for any bundled spec."""
+    return lambda name: PortProject(pytester, name, tiny_weights(name))
+
+
+@pytest.fixture
+def port_project(make_project) -> PortProject:
+    return make_project("llama")

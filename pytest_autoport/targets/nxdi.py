@@ -210,6 +210,21 @@ def debug_files(out_dir: Path) -> list[str]:
     return sorted(str(p.relative_to(out_dir)) for p in found)
 
 
+def _compile_failure(call: str, exc: Exception, out_dir: Path, flags: str) -> StageFailure:
+    """The failure of a compile, naming the HLO and logs left in ``out_dir`` (the artifact store
+    moves a failed build's folder into its failures folder, so they survive)."""
+    kept = debug_files(out_dir)
+    if kept:
+        listed = "\n    ".join(kept[:20]) + (f"\n    ... and {len(kept) - 20} more" if len(kept) > 20 else "")
+        where = f"HLO and compiler logs kept with the failed artifact ({len(kept)} files):\n    {listed}"
+    else:
+        where = f"no HLO or compiler log was written (it failed before HLO generation); work dir {COMPILER_WORKDIR}/"
+    return StageFailure(
+        f"nxdi: {call} failed: {type(exc).__name__}: {exc}\n{where}",
+        {"kept_files": kept, "neuron_cc_flags": flags},
+    )
+
+
 # -- running modules ----------------------------------------------------------------------------
 def _first_tensor(value) -> torch.Tensor:
     """The primary output of an NxDI module: a tensor, ``.hidden_states`` (attention), or a tuple's head."""
@@ -391,22 +406,10 @@ class NxdiTarget:
             try:
                 app.compile(str(out_dir))
             except Exception as exc:
-                kept = debug_files(out_dir)
-                shown = "\n    ".join(kept[:20]) + (
-                    f"\n    ... and {len(kept) - 20} more" if len(kept) > 20 else ""
-                )
-                where = (
-                    f"HLO and compiler logs kept with the failed artifact ({len(kept)} files):\n    {shown}"
-                    if kept
-                    else f"no HLO or compiler log was written (it failed before HLO generation); work dir {COMPILER_WORKDIR}/"
-                )
-                raise StageFailure(
-                    f"nxdi: {app_cls.__name__}.compile() failed: {type(exc).__name__}: {exc}\n{where}",
-                    {"kept_files": kept, "neuron_cc_flags": flags},
-                ) from exc
+                raise _compile_failure(f"{app_cls.__name__}.compile()", exc, out_dir, flags) from exc
         seconds = round(time.perf_counter() - start, 3)
         with _step(f"{type(config).__name__}.save({str(out_dir)!r})"):
-            config.save(str(out_dir))
+            app.config.save(str(out_dir))  # beside model.pt: load() rebuilds the config from it
         attn_cls = _check_saved_config(out_dir)
         graphs = {f"context_encoding_{b}": COMPILED_FILE for b in spec.port.context_bucket_list}
         graphs.update({f"token_generation_{b}": COMPILED_FILE for b in spec.port.token_bucket_list})
@@ -446,10 +449,8 @@ class NxdiTarget:
 def generate_kwargs(params: SamplingParams, pad_id: int) -> dict:
     """HuggingFace ``generate`` arguments for the harness's sampling settings."""
     kwargs = {"max_new_tokens": params.max_new_tokens, "do_sample": not params.greedy, "pad_token_id": pad_id}
-    if params.eos_token_id is None:
-        kwargs["min_new_tokens"] = (
-            params.max_new_tokens
-        )  # exactly that many, as NxDI's check and the HF golden do
+    if params.eos_token_id is None:  # exactly that many tokens, as NxDI's accuracy check and the HF golden do
+        kwargs["min_new_tokens"] = params.max_new_tokens
     else:
         kwargs["eos_token_id"] = params.eos_token_id
     if not params.greedy:
@@ -565,7 +566,7 @@ class NxdiCompiledModel:
                 raise StageFailure(
                     f"a scored sequence of {len(seq)} tokens exceeds port.max_seq_len ({self.spec.port.max_seq_len})"
                 )
-            ids = torch.tensor(seq).expand(batch, len(seq))  # every row the same sequence
+            ids = torch.tensor([seq] * batch)  # every row of the static batch holds the sequence
             logits = []
             with _step("teacher-forced scoring (context encoding, then token generation)"):
                 self.app.reset()
