@@ -25,17 +25,32 @@ CORPUS = Path(__file__).parent / "data" / "tiny_corpus.txt"
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>"]
 
 
+TINY_KINDS = ("trained", "random")
+HARNESS_KEYS = ("model_type", "seed", "quantize", "weights", "train_steps")  # [tiny] keys that are not config
+
+
 @dataclass(frozen=True)
 class Weights:
     path: Path
-    kind: str  # "checkpoint" (the user's) or "tiny-random" (materialised from the spec's [tiny] table)
+    kind: str  # "checkpoint" (the user's), "tiny-trained" or "tiny-random" (from the spec's [tiny] table)
+    rebuilt_after: str | None = None  # a cached tiny checkpoint was corrupt and was rebuilt
+    training: dict | None = None  # steps, final loss, seconds
 
     def to_dict(self) -> dict:
-        return {"path": str(self.path), "kind": self.kind}
+        out = {"path": str(self.path), "kind": self.kind}
+        if self.rebuilt_after:
+            out["rebuilt_after"] = self.rebuilt_after
+        if self.training:
+            out["training"] = self.training
+        return out
 
 
 def resolve_weights(spec: PortSpec) -> Weights:
-    """The spec's weights folder, materialising a tiny checkpoint there if the spec allows it."""
+    """The spec's weights folder, materialising a tiny checkpoint there if the spec allows it.
+
+    A tiny checkpoint is cached: rebuilt only when its recipe (architecture, tiny config, corpus,
+    seed, torch and transformers versions) changes or its files fail their checksums.
+    """
     path = spec.weights_dir
     marker = path / TINY_MARKER
     if (path / "config.json").is_file() and not marker.is_file():
@@ -45,10 +60,34 @@ def resolve_weights(spec: PortSpec) -> Weights:
             raise SpecError(spec.path, "model.weights_path", f"{path} holds no config.json")
         raise SpecError(spec.path, "model.weights_path", f"{path} does not exist and the spec has no [tiny] table")
     recipe = _tiny_recipe(spec)
+    path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
-        if not (marker.is_file() and json.loads(marker.read_text()).get("recipe_hash") == recipe["recipe_hash"]):
+        problem = _cached_problem(path, recipe["recipe_hash"])
+        if problem is not None:
             _materialise_tiny(spec, recipe, path)
-    return Weights(path, "tiny-random")
+        record = json.loads(marker.read_text())
+    rebuilt = problem if problem not in (None, "absent", "recipe changed") else None
+    return Weights(path, f"tiny-{record['weights']}", rebuilt_after=rebuilt, training=record.get("training"))
+
+
+def _cached_problem(path: Path, recipe_hash: str) -> str | None:
+    """None when the cached tiny checkpoint is intact and current, else what is wrong with it."""
+    marker = path / TINY_MARKER
+    if not marker.is_file():
+        return "absent"
+    try:
+        record = json.loads(marker.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        return f"unreadable {TINY_MARKER}: {exc}"
+    if record.get("recipe_hash") != recipe_hash:
+        return "recipe changed"
+    for name, digest in record.get("files", {}).items():
+        file = path / name
+        if not file.is_file():
+            return f"missing file {name}"
+        if hashlib.sha256(file.read_bytes()).hexdigest() != digest:
+            return f"checksum mismatch in {name}"
+    return None
 
 
 def _tiny_recipe(spec: PortSpec) -> dict:
@@ -75,6 +114,10 @@ def _materialise_tiny(spec: PortSpec, recipe: dict, dest: Path) -> None:
     model_type = overrides.pop("model_type", None)
     seed = overrides.pop("seed", 0)
     quantize = overrides.pop("quantize", None)
+    kind = overrides.pop("weights", "trained")
+    train_steps = overrides.pop("train_steps", 300)
+    if kind not in TINY_KINDS:
+        raise SpecError(spec.path, "tiny.weights", f"expected one of {TINY_KINDS}, got {kind!r}")
     if model_type is None:
         raise SpecError(spec.path, "tiny.model_type", "missing (e.g. model_type = \"llama\")")
     model_cls = getattr(transformers, spec.model.hf_model_class, None)
@@ -101,6 +144,11 @@ def _materialise_tiny(spec: PortSpec, recipe: dict, dest: Path) -> None:
     try:
         torch.manual_seed(seed)
         model = model_cls(config).eval()
+        training = None
+        if kind == "trained":
+            from .tiny_training import train_on_corpus
+
+            training = train_on_corpus(model, tokenizer, CORPUS.read_text(encoding="utf-8"), steps=train_steps, seed=seed)
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
         if quantize:
@@ -110,7 +158,11 @@ def _materialise_tiny(spec: PortSpec, recipe: dict, dest: Path) -> None:
                 quantize_checkpoint(staging, quantize, config)
             except ValueError as exc:
                 raise SpecError(spec.path, "tiny.quantize", str(exc)) from None
-        (staging / TINY_MARKER).write_text(json.dumps({"kind": "tiny-random", "seed": seed, **recipe}, indent=2))
+        files = {
+            p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(staging.iterdir()) if p.is_file()
+        }
+        record = {"weights": kind, "seed": seed, "training": training, "files": files, **recipe}
+        (staging / TINY_MARKER).write_text(json.dumps(record, indent=2))
         if dest.exists():
             shutil.rmtree(dest)
         os.replace(staging, dest)

@@ -217,8 +217,8 @@ class VerdictReporter:
         self.state.outcomes[stage_id] = status
         figures = {k[len(FIGURE_PREFIX) :]: v for k, v in report.user_properties if k.startswith(FIGURE_PREFIX)}
         verdict = self._verdict()
-        if stage_id == "weights" and "weights_kind" in figures:
-            verdict.weights = {"kind": figures["weights_kind"], "path": figures.get("weights_path")}
+        if stage_id == "weights" and "weights" in figures:
+            verdict.weights = figures["weights"]
         if stage_id == "env":
             verdict.versions = {k: figures[k] for k in ("python", "torch", "transformers") if k in figures}
         verdict.record(

@@ -104,6 +104,9 @@ def format_table(verdict: Verdict) -> list[str]:
     lines = [f"{'stage':<{width}}  {'status':<7}  {'time':>7}  key figure"]
     for s in verdict.stages:
         lines.append(f"{s.id:<{width}}  {s.status:<7}  {s.duration_s:>6.1f}s  {key_figure(s)}")
+    generated = next((s.figures.get("texts") for s in verdict.stages if s.stage == "generate"), None)
+    for i, text in enumerate(generated or []):
+        lines.append(f"generated[{i}]: {text!r}")
     lines.append(
         f"verdict: {'PASSED' if verdict.passed else 'FAILED'} ({verdict.model}, target {verdict.target}, "
         f"{verdict.weights.get('kind', '?')} weights)"

@@ -55,7 +55,8 @@ def tiny_weights(tmp_path_factory):
     def get(name: str) -> Path:
         if name not in made:
             spec = load_spec(REPO / "port_specs" / f"{name}.toml", REPO, check_imports=False)
-            folder = tmp_path_factory.mktemp("weights") / name
+            # shared by the xdist workers of one run; resolve_weights locks, so one of them builds it
+            folder = tmp_path_factory.getbasetemp().parent / "autoport-weights" / name
             spec = dataclasses.replace(spec, model=dataclasses.replace(spec.model, weights_path=str(folder)))
             made[name] = resolve_weights(spec).path
         return made[name]

@@ -7,7 +7,7 @@ from ..errors import StageFailure
 
 def run(session) -> dict:
     report, port = session.mapping
-    figures = {"weights_kind": session.weights.kind, "weights_path": str(session.weights.path)}
+    figures = {"weights_kind": session.weights.kind, "weights": session.weights.to_dict()}
     figures.update(report.figures(len(session.hf_state_dict), len(port.state_dict())))
     if not report.ok:
         raise StageFailure(report.message(), figures)
