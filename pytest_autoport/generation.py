@@ -37,7 +37,7 @@ class SamplingParams:
 
 def choose_next(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> torch.Tensor:
     """logits [batch, vocab] -> token ids [batch]."""
-    logits = logits.float()
+    logits = logits.float().clone()
     if params.suppress_token_ids:
         logits[:, list(params.suppress_token_ids)] = float("-inf")
     if params.greedy:

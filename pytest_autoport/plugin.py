@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from .errors import AutoportError, SpecError, StageFailure
+from .errors import AutoportError, SpecError, StageFailure, TargetUnavailable
 from .results import FIGURE_PREFIX, StageRecord, Verdict, format_table, write_outputs
 from .session import AutoportSession, Options
 from .spec import PortSpec, find_spec_file, load_spec
@@ -30,6 +30,14 @@ class AutoportState:
 
     def option(self, name):
         return self.config.getoption(name)
+
+    def target_name(self) -> str:
+        if self.option("autoport_target"):
+            return self.option("autoport_target")
+        try:
+            return load_spec(self.spec_path, self.config.rootpath, check_imports=False).port.target
+        except SpecError:
+            return "?"
 
     @property
     def artifacts_dir(self) -> Path:
@@ -76,19 +84,45 @@ def pytest_configure(config: pytest.Config) -> None:
     state = AutoportState(config, spec_path.resolve())
     config.stash[STATE] = state
     config.pluginmanager.register(VerdictReporter(state), "autoport-verdict")
+    if config.getoption("autoport_clean_cache") and not hasattr(config, "workerinput"):
+        _clean_cache(state)
     if config.args_source == pytest.Config.ArgsSource.ARGS:
         config.args.append(str(spec_path))
     else:
         config.args[:] = [str(spec_path)]
 
 
+def _clean_cache(state: AutoportState) -> None:
+    """--autoport-clean-cache: drop this spec's compiled artifacts and every broken cache entry."""
+    import shutil
+
+    from .artifacts import ArtifactStore
+
+    try:
+        name = load_spec(state.spec_path, state.config.rootpath, check_imports=False).name
+    except SpecError:
+        name = state.spec_path.stem
+    data = state.artifacts_dir / "data"
+    store = ArtifactStore(data / "compiled_model", data / "compilation_failures")
+    for entry in store.entries():
+        if entry.name == name and entry.state == "ready":
+            shutil.rmtree(entry.path, ignore_errors=True)
+    store.purge()
+    if state.target_name() == "nxdi":
+        from .neuron_cache import purge_neuron_cache
+
+        purge_neuron_cache()
+
+
 def pytest_report_header(config: pytest.Config) -> list[str] | None:
     state = config.stash.get(STATE, None)
     if state is None:
         return None
-    target = config.getoption("autoport_target") or "spec's"
+    from .envcheck import check_environment
+
+    target = state.target_name()
     mode = ", dry run" if config.getoption("autoport_dry_run") else ""
-    return [f"autoport: spec {state.spec_path}, target {target}{mode}"]
+    return [f"autoport: spec {state.spec_path}, target {target}{mode}", *check_environment(target).summary_lines()]
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector):
@@ -140,14 +174,14 @@ class StageItem(pytest.Item):
     def runtest(self) -> None:
         session = self.state.session
         stage = self.planned.stage
+        if session.options.dry_run and not stage.runs_in_dry_run(session):
+            pytest.skip("dry run")
         for required in stage.requires:
             failed = [sid for sid, outcome in self.state.outcomes.items() if _stage_of(sid) == required and outcome != "passed"]
             if failed:
                 pytest.skip(f"prerequisite stage {failed[0]} did not pass ({self.state.outcomes[failed[0]]})")
         if stage.needs_target:
-            if session.options.dry_run:
-                pytest.skip("dry run")
-            reason = session.target.unavailable_reason()
+            reason = session.target.unavailable_reason(stage.name)
             if reason:
                 pytest.skip(reason)
         try:
@@ -155,6 +189,8 @@ class StageItem(pytest.Item):
         except StageFailure as exc:
             self._add_figures(exc.figures)
             raise
+        except TargetUnavailable as exc:
+            pytest.skip(str(exc))
         self._add_figures(figures or {})
 
     def _add_figures(self, figures: dict) -> None:
@@ -284,3 +320,13 @@ def autoport_session(request) -> AutoportSession:
 @pytest.fixture(scope="session")
 def autoport_spec(autoport_session) -> PortSpec:
     return autoport_session.spec
+
+
+@pytest.fixture(scope="session")
+def autoport_artifact_store(request):
+    """The compiled-artifact store of this run: ``.entries()`` classifies, ``.purge()`` cleans."""
+    from .artifacts import ArtifactStore
+
+    state = request.config.stash.get(STATE, None)
+    root = state.artifacts_dir if state else request.config.rootpath / "agent_artifacts"
+    return ArtifactStore(root / "data" / "compiled_model", root / "data" / "compilation_failures")

@@ -182,23 +182,37 @@ class AutoportSession:
 
     @cached_property
     def mapping(self):
+        import torch
+
         from .spec import import_port_class
         from .weight_mapping import check_mapping
 
-        port = self.target.build_port(self.spec, self.hf_config, self.dtype)
+        port = self.target.build_port(self.spec, self.hf_config, torch.float32)
         convert = import_port_class(self.spec).convert_hf_to_neuron_state_dict
-        return check_mapping(convert, self.hf_state_dict, port.config, port.state_dict()), port
+        hf_state, port_state = self.target.mapping_view(port, self.hf_state_dict)
+        return check_mapping(convert, hf_state, port.config, port_state), port
 
     @cached_property
     def port(self):
         """The eager port with converted weights loaded, in FP32."""
-        import torch
 
         report, port = self.mapping
         if not report.ok:
             raise StageFailure(report.message())
-        port.load_state_dict(report.converted, strict=True)
-        return port.to(torch.float32)
+        self.target.load_converted(port, report.converted)
+        return port
+
+    def port_in(self, dtype):
+        """The eager port in ``dtype`` (a copy unless FP32); the FP32 port itself is never cast."""
+        import copy
+
+        import torch
+
+        if dtype == torch.float32:
+            return self.port
+        if self.lp_dtype_name and dtype == self.lp_dtype:
+            return self.port_lp
+        return copy.deepcopy(self.port).to(dtype)
 
     @cached_property
     def compiled(self):

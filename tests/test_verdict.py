@@ -36,13 +36,13 @@ def test_correct_port_passes_every_stage(port_project):
     data = port_project.results()
     assert data["passed"] is True
     assert data["model"] == "llama" and data["target"] == "torch"
-    assert data["weights"]["kind"] == "tiny-random"
+    assert data["weights"]["kind"] == "tiny-trained"
     assert [s["id"] for s in data["stages"]] == ALL_STAGES
     figures = {s["id"]: s["figures"] for s in data["stages"]}
     assert figures["golden"]["token_match"] >= 0.95
     assert figures["generate"]["decode_tokens_per_s"] > 0
     assert figures["compile"]["graphs"] == 5  # three context-encoding and two token-generation buckets
-    result.stdout.fnmatch_lines(["*autoport verdict*", "verdict: PASSED (llama, target torch, tiny-random weights)"])
+    result.stdout.fnmatch_lines(["*autoport verdict*", "verdict: PASSED (llama, target torch, tiny-trained weights)"])
     summary = (port_project.root / "agent_artifacts" / "traces" / "port_summary.md").read_text()
     assert "**PASSED**" in summary and "`golden`" in summary
 

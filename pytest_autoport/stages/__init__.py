@@ -16,7 +16,8 @@ class StageDef:
     name: str
     run: Callable
     requires: tuple[str, ...] = ()
-    needs_target: bool = True  # skipped in dry-run mode and where the target cannot run
+    needs_target: bool = True  # skipped where the target cannot run
+    runs_in_dry_run: Callable = lambda session: False  # --autoport-dry-run skips the stage unless True
 
 
 @dataclass(frozen=True)
@@ -29,8 +30,11 @@ class PlannedStage:
 
 
 STAGES = {
-    "env": StageDef("env", env.run, needs_target=False),
-    "weights": StageDef("weights", weights.run, requires=("env",)),
+    "env": StageDef("env", env.run, needs_target=False, runs_in_dry_run=lambda session: True),
+    # the weight mapping needs the target only where building the eager port does (nxdi)
+    "weights": StageDef(
+        "weights", weights.run, requires=("env",), runs_in_dry_run=lambda session: session.target_name == "torch"
+    ),
     "component": StageDef("component", component.run, requires=("weights",)),
     "model": StageDef("model", model.run, requires=("weights",)),
     "compile": StageDef("compile", compile_stage.run, requires=("model",)),

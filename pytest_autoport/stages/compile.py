@@ -38,7 +38,7 @@ def compile_port(session):
     from ..artifacts import ArtifactStore
 
     store = ArtifactStore(session.compiled_root, session.failures_root)
-    port = session.port.to(session.dtype)
+    port = session.port_in(session.dtype)
 
     def build(out_dir):
         return asdict(session.target.compile(port, session.spec, out_dir))
@@ -54,6 +54,9 @@ def run(session) -> dict:
         "key": entry.key,
         "compiled": entry.built,
         "graphs": len(result.graphs),
+        "compiler": result.details.get("compiler", session.spec.port.compiler),
     }
+    if entry.recovered_from:
+        figures["rebuilt_after"] = entry.recovered_from
     figures.update({f"compile_s.{name}": s for name, s in result.seconds_per_graph.items()})
     return figures

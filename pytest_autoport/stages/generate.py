@@ -10,7 +10,7 @@ from ..errors import StageFailure
 def run(session) -> dict:
     result = session.generation
     g = session.spec.generation
-    texts = [session.tokenizer.decode(tokens) for tokens in result.tokens]
+    texts = [session.tokenizer.decode(tokens, skip_special_tokens=True) for tokens in result.tokens]
     tokens_per_s = result.decode_steps * session.spec.port.batch_size / result.decode_s if result.decode_s else 0.0
     figures = {
         "prompts": len(result.tokens),

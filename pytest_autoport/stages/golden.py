@@ -26,6 +26,7 @@ def run(session) -> dict:
     forced_matched = sum(f["matched"] for f in forced)
     forced_total = sum(f["total"] for f in forced)
     divergences = _divergences(session, golden_logits, forced)
+    free_divergences = _free_running_divergences(session, golden, ported, golden_logits, free.first_divergence)
     figures = {
         "mode": mode,
         "token_match": round(free.rate, 4),
@@ -35,6 +36,7 @@ def run(session) -> dict:
         "total": free.total,
         "first_divergence": free.first_divergence,
         "divergences": divergences,
+        "free_running_divergences": free_divergences,
     }
     problems = []
     if mode in ("token", "all") and free.rate < threshold:
@@ -42,6 +44,12 @@ def run(session) -> dict:
             f"greedy token match {free.rate:.1%} is below the threshold {threshold:.0%} "
             f"(teacher-forced {figures['teacher_forced_match']:.1%})"
         )
+        problems += [f"  {d['text']}" for d in free_divergences]
+        if figures["teacher_forced_match"] >= threshold:
+            problems.append(
+                "teacher-forced scoring (one context-encoding pass) agrees with the golden: the fault is in "
+                "the token-generation path (KV-cache writes, decode positions, token-generation buckets)"
+            )
     if mode in ("logit", "all"):
         checks = [logit_check(g, p) for g, p in zip(golden_logits, port_logits)]
         figures["logit_check_passed"] = all(c["passed"] for c in checks)
@@ -94,6 +102,34 @@ def _divergences(session, golden_logits, forced) -> list[dict]:
             f"port {d['port_token']} {d['port_text']!r}; golden margin {d['golden_margin']:.4g} ({kind}); "
             f"port token in golden top-5: {d['port_token_in_golden_top5']}"
         )
+    return out
+
+
+def _free_running_divergences(session, golden, ported, golden_logits, first_divergence) -> list[dict]:
+    """The first divergence of each prompt's free-running continuation, with the golden's margin there."""
+    decode = session.tokenizer.decode
+    out = []
+    for i, pos in enumerate(first_divergence):
+        if pos is None:
+            continue
+        port_token = ported[i][pos] if pos < len(ported[i]) else None
+        top = torch.topk(golden_logits[i][pos], 5)
+        margin = float(top.values[0] - top.values[1])
+        d = {
+            "prompt": i,
+            "position": pos,
+            "golden_token": golden[i][pos],
+            "port_token": port_token,
+            "golden_margin": round(margin, 6),
+            "port_token_in_golden_top5": port_token in top.indices.tolist(),
+        }
+        d["text"] = (
+            f"prompt {i}: free-running output diverges at new token {pos}: golden {d['golden_token']} "
+            f"{decode([d['golden_token']])!r} vs port {port_token} "
+            f"{decode([port_token]) if port_token is not None else ''!r}; golden margin {margin:.4g} "
+            f"({'near-tie' if margin < 0.01 else 'real divergence'})"
+        )
+        out.append(d)
     return out
 
 

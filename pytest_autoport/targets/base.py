@@ -50,8 +50,9 @@ class CompiledModel(Protocol):
 class Target(Protocol):
     name: str
 
-    def unavailable_reason(self) -> str | None:
-        """None when this machine can run the target, else why not (the stage then skips)."""
+    def unavailable_reason(self, stage: str | None = None) -> str | None:
+        """None when this machine can run the target (``stage`` of it, if named), else why not;
+        the stage then skips with that reason."""
         ...
 
     def versions(self) -> dict[str, str]:
@@ -60,6 +61,14 @@ class Target(Protocol):
 
     def build_port(self, spec: PortSpec, hf_config, dtype: torch.dtype) -> torch.nn.Module:
         """An eager instance of the port, weights not loaded."""
+        ...
+
+    def mapping_view(self, port: torch.nn.Module, hf_state: dict) -> tuple[dict, dict]:
+        """(the HF state dict as the port's conversion receives it, the port tensors it must fill)."""
+        ...
+
+    def load_converted(self, port: torch.nn.Module, converted: dict) -> None:
+        """Load the converted weights into the eager port (a no-op where the target loads them itself)."""
         ...
 
     def run_model(self, port: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor:

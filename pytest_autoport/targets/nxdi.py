@@ -265,6 +265,10 @@ def _app_of(port: torch.nn.Module):
     return app
 
 
+# state-dict key parts of NxDI runtime state rather than weights (KV cache manager, rank utilities)
+RUNTIME_STATE_MARKERS = ("kv_mgr.", "rank_util.", "past_key_values")
+
+
 class NxdiTarget:
     name = "nxdi"
 
@@ -325,6 +329,20 @@ class NxdiTarget:
         model = app.context_encoding_model.model
         model.__dict__[APP_ATTR] = app
         return model.eval()
+
+    def mapping_view(self, port: torch.nn.Module, hf_state: dict) -> tuple[dict, dict]:
+        """NxDI hands the conversion HF keys without the ``model.`` prefix, and the port's state
+        dict holds runtime state (KV cache, rank tensors) that no checkpoint fills."""
+        stripped = {key.removeprefix("model."): value for key, value in hf_state.items()}
+        wanted = {
+            key: value
+            for key, value in port.state_dict().items()
+            if not any(part in key for part in RUNTIME_STATE_MARKERS)
+        }
+        return stripped, wanted
+
+    def load_converted(self, port: torch.nn.Module, converted: dict) -> None:
+        """Nothing to do: ``to_cpu()`` in build_port already loaded the checkpoint through NxDI."""
 
     @torch.inference_mode()
     def run_model(self, port: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor:

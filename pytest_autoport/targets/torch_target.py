@@ -14,7 +14,6 @@ from ..spec import PortSpec, import_port_class
 from .base import CompiledModel, CompileResult, GenerationResult
 
 
-
 @dataclass(frozen=True)
 class TorchNeuronConfig:
     """The static-shape settings a torch-target port reads from ``config.neuron_config``."""
@@ -39,8 +38,14 @@ def reset_kv_cache(module: torch.nn.Module) -> None:
 class TorchTarget:
     name = "torch"
 
-    def unavailable_reason(self) -> str | None:
+    def unavailable_reason(self, stage: str | None = None) -> str | None:
         return None
+
+    def mapping_view(self, port, hf_state):
+        return hf_state, port.state_dict()
+
+    def load_converted(self, port, converted):
+        port.load_state_dict(converted, strict=True)
 
     def versions(self) -> dict[str, str]:
         import transformers

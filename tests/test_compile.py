@@ -1,0 +1,76 @@
+"""Compiled artifacts (issue 4): content-addressed reuse, recompiles on change, failures kept,
+AOTInductor, --autoport-clean-cache and per-stage time limits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def compile_figures(project):
+    return project.stage("compile")["figures"]
+
+
+def test_editing_port_source_recompiles(port_project):
+    port_project.run("-k", "compile")
+    first = compile_figures(port_project)
+    port_project.replace("llama/modeling_llama.py", '"""Llama family port', '"""Llama family port (edited)')
+    port_project.run("-k", "compile")
+    second = compile_figures(port_project)
+    assert first["compiled"] is True and second["compiled"] is True
+    assert first["key"] != second["key"]
+
+
+def test_clean_cache_option_forces_a_compile(port_project):
+    port_project.run("-k", "compile")
+    port_project.run("-k", "compile", "--autoport-clean-cache")
+    assert compile_figures(port_project)["compiled"] is True
+
+
+def test_failed_compile_keeps_its_logs_and_names_the_folder(port_project):
+    port_project.replace(
+        "llama/modeling_llama.py",
+        "        hidden_states = self.embed_tokens(input_ids)\n",
+        "        hidden_states = self.embed_tokens(input_ids)\n"
+        "        if hidden_states.sum() > 0:  # data-dependent control flow cannot be captured\n"
+        "            hidden_states = hidden_states * 1.0\n",
+    )
+    port_project.run("-k", "compile")
+    compile_stage = port_project.stage("compile")
+    assert compile_stage["status"] == "failed"
+    failures = port_project.root / "agent_artifacts" / "data" / "compilation_failures"
+    folders = list(failures.iterdir())
+    assert len(folders) == 1 and folders[0].name.startswith("llama_")
+    assert str(folders[0]) in compile_stage["message"]
+    assert not any(p.name.startswith("llama-") for p in (failures.parent / "compiled_model").iterdir())
+
+
+def test_aoti_compiler_generates_through_native_code(port_project):
+    port_project.edit_spec("context_buckets = [16, 32, 64]", "context_buckets = [64]")
+    port_project.edit_spec("token_generation_buckets = [32, 64]", "token_generation_buckets = [64]")
+    port_project.run("-k", "compile or generate or golden", "--autoport-compiler=aoti", "--autoport-dtype=float32")
+    assert port_project.statuses() == {"compile": "passed", "generate": "passed", "golden": "passed"}
+    figures = compile_figures(port_project)
+    assert figures["compiler"] == "aoti" and figures["graphs"] == 2
+    assert port_project.stage("golden")["figures"]["token_match"] == 1.0
+
+
+def test_spec_timeout_applies_to_its_stage(port_project):
+    port_project.edit_spec("[[components]]", "[timeouts]\ncompile = 0.2\n\n[[components]]")
+    port_project.run("-k", "compile", "--autoport-dtype=float32")
+    compile_stage = port_project.stage("compile")
+    assert compile_stage["status"] == "failed"
+    assert "Timeout" in compile_stage["message"]
+
+
+def test_artifact_store_fixture_lists_entries(port_project):
+    port_project.run("-k", "compile")
+    port_project.pytester.makepyfile(
+        test_store="""
+        def test_entries(autoport_artifact_store):
+            states = [e.state for e in autoport_artifact_store.entries()]
+            assert states == ["ready"]
+        """
+    )
+    result = port_project.pytester.runpytest("test_store.py", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    assert Path(port_project.root / "agent_artifacts" / "data" / "compiled_model").is_dir()

@@ -1,0 +1,88 @@
+"""The Gemma 3 text port end to end (scaled embeddings, (1 + weight) RMSNorms, q/k norms,
+query_pre_attn_scalar, a sliding layer then a global one with linear RoPE scaling, final logit
+soft-capping): the correct port passes every stage; planted Gemma bugs fail at the component that
+owns them and the model check localises them."""
+
+from __future__ import annotations
+
+import pytest
+
+FILE = "gemma3/modeling_gemma3.py"
+NORMS = ("input_norm", "q_norm", "k_norm", "attention", "post_attention_norm", "pre_feedforward_norm")
+COMPONENTS = [
+    "embedding",
+    *(f"{name}-layer{i}" for name in NORMS for i in (0, 1)),
+    *(f"{name}-layer{i}" for name in ("mlp", "post_feedforward_norm", "decoder_layer") for i in (0, 1)),
+    "norm",
+    "lm_head",
+]
+ALL_STAGES = (
+    ["env", "weights"]
+    + [f"component[{c}]" for c in COMPONENTS]
+    + [f"component[{c}-bfloat16]" for c in COMPONENTS]
+    + ["model", "model[bfloat16]", "compile", "generate", "golden"]
+)
+
+
+def test_correct_port_passes_every_stage(make_project):
+    project = make_project("gemma3")
+    result = project.run()
+    result.assert_outcomes(passed=len(ALL_STAGES))
+    assert result.ret == 0
+    data = project.results()
+    assert data["passed"] is True
+    assert [s["id"] for s in data["stages"]] == ALL_STAGES
+    assert {s["id"]: s for s in data["stages"]}["golden"]["figures"]["token_match"] >= 0.95
+
+
+@pytest.mark.parametrize(
+    ("file", "correct", "buggy", "failing", "first_divergent"),
+    [
+        (  # Llama's RMSNorm: scales by weight, not by 1 + weight
+            "common/gemma_norm.py",
+            "normed * (1.0 + self.weight.float())",
+            "normed * self.weight.float()",
+            "input_norm-layer0",
+            "model.layers.0.input_layernorm",
+        ),
+        (  # the usual 1/sqrt(head_dim) instead of 1/sqrt(query_pre_attn_scalar)
+            FILE,
+            "self.scaling = config.query_pre_attn_scalar**-0.5",
+            "self.scaling = self.head_dim**-0.5",
+            "attention-layer0",
+            "model.layers.0.self_attn",
+        ),
+    ],
+    ids=["plain_rmsnorm", "head_dim_scaling"],
+)
+def test_planted_gemma_bug_fails_at_its_component(make_project, file, correct, buggy, failing, first_divergent):
+    project = make_project("gemma3")
+    project.replace(file, correct, buggy)
+    result = project.run("-k", "not bfloat16")
+    assert result.ret == 1
+    statuses = project.statuses()
+    assert statuses["weights"] == "passed"
+    assert statuses["component[embedding]"] == "passed"
+    assert statuses[f"component[{failing}]"] == "failed"
+    assert statuses["model"] == "failed"
+    assert all(statuses[s] == "skipped" for s in ("compile", "generate", "golden"))
+    stages = {s["id"]: s for s in project.results()["stages"]}
+    name, _, layer = failing.partition("-layer")
+    assert f"{name} (layer {layer}) differs" in stages[f"component[{failing}]"]["message"]
+    assert stages["model"]["figures"]["first_divergence"] == first_divergent
+    assert f"first divergent module: {first_divergent}" in stages["model"]["message"]
+    assert "Traceback" not in result.stdout.str()
+
+
+def test_sliding_window_ignored_fails_only_the_sliding_layer(make_project):
+    project = make_project("gemma3")
+    project.replace(
+        FILE,
+        'self.sliding_window = config.sliding_window if layer_type == "sliding_attention" else None',
+        "self.sliding_window = None",
+    )
+    result = project.run("-k", "attention and not bfloat16")
+    statuses = project.statuses()
+    assert statuses["component[attention-layer0]"] == "failed"  # layer 0 slides over 8 positions
+    assert statuses["component[attention-layer1]"] == "passed"  # layer 1 is global
+    assert result.ret == 1

@@ -1,0 +1,64 @@
+"""Llama from an INT8 weight-only checkpoint end to end: the correct port (the Llama port with a
+dequantising conversion) passes every stage; a scale applied per input channel instead of per output
+channel passes the weights stage (names and shapes are right) and fails at the first component that
+uses a quantised weight."""
+
+from __future__ import annotations
+
+COMPONENTS = [
+    "embedding",
+    "input_norm-layer0",
+    "input_norm-layer1",
+    "attention-layer0",
+    "attention-layer1",
+    "post_attention_norm-layer0",
+    "post_attention_norm-layer1",
+    "mlp-layer0",
+    "mlp-layer1",
+    "decoder_layer-layer0",
+    "decoder_layer-layer1",
+    "norm",
+    "lm_head",
+]
+ALL_STAGES = (
+    ["env", "weights"]
+    + [f"component[{c}]" for c in COMPONENTS]
+    + [f"component[{c}-bfloat16]" for c in COMPONENTS]
+    + ["model", "model[bfloat16]", "compile", "generate", "golden"]
+)
+
+
+def test_correct_port_passes_every_stage(make_project):
+    project = make_project("llama_int8")
+    result = project.run()
+    result.assert_outcomes(passed=len(ALL_STAGES))
+    assert result.ret == 0
+    data = project.results()
+    assert data["passed"] is True
+    assert [s["id"] for s in data["stages"]] == ALL_STAGES
+    figures = {s["id"]: s["figures"] for s in data["stages"]}
+    assert figures["golden"]["token_match"] >= 0.95
+    assert figures["model"]["rel_fro"] < 1e-6  # the reference holds exactly the dequantised weights
+
+
+def test_scale_per_input_channel_fails_at_attention(make_project):
+    project = make_project("llama_int8")
+    project.replace(
+        "int8/modeling_int8_llama.py",
+        "return weight.to(torch.float32) * scale[:, None]",
+        "return weight.to(torch.float32) * scale[None, :]",
+    )
+    result = project.run("-k", "not bfloat16")
+    assert result.ret == 1
+    statuses = project.statuses()
+    assert statuses["weights"] == "passed"
+    assert statuses["component[input_norm-layer0]"] == "passed"
+    assert statuses["component[embedding]"] == "passed"
+    assert statuses["component[attention-layer0]"] == "failed"
+    assert statuses["component[mlp-layer0]"] == "failed"
+    assert statuses["model"] == "failed"
+    assert all(statuses[s] == "skipped" for s in ("compile", "generate", "golden"))
+    stages = {s["id"]: s for s in project.results()["stages"]}
+    assert "attention (layer 0) differs" in stages["component[attention-layer0]"]["message"]
+    assert stages["model"]["figures"]["first_divergence"] == "model.layers.0.self_attn"
+    assert "first divergent module: model.layers.0.self_attn" in stages["model"]["message"]

@@ -1,0 +1,84 @@
+"""The Qwen3 port end to end (per-head q/k RMSNorm before RoPE): the correct port passes every stage;
+a q/k norm moved after RoPE, or left out, fails at attention and the model check localises it."""
+
+from __future__ import annotations
+
+import pytest
+
+FILE = "qwen3/modeling_qwen3.py"
+COMPONENTS = [
+    "embedding",
+    *(f"{name}-layer{i}" for name in ("input_norm", "q_norm", "k_norm", "attention") for i in (0, 1)),
+    *(f"{name}-layer{i}" for name in ("post_attention_norm", "mlp", "decoder_layer") for i in (0, 1)),
+    "norm",
+    "lm_head",
+]
+ALL_STAGES = (
+    ["env", "weights"]
+    + [f"component[{c}]" for c in COMPONENTS]
+    + [f"component[{c}-bfloat16]" for c in COMPONENTS]
+    + ["model", "model[bfloat16]", "compile", "generate", "golden"]
+)
+PROJECTIONS = (
+    "        q = self.q_norm(self.q_proj(hidden_states).view(batch, seq, self.num_heads, self.head_dim)).transpose(1, 2)\n"
+    "        k = self.k_norm(self.k_proj(hidden_states).view(batch, seq, self.num_kv_heads, self.head_dim)).transpose(1, 2)\n"
+)
+UNNORMED = (
+    "        q = self.q_proj(hidden_states).view(batch, seq, self.num_heads, self.head_dim).transpose(1, 2)\n"
+    "        k = self.k_proj(hidden_states).view(batch, seq, self.num_kv_heads, self.head_dim).transpose(1, 2)\n"
+)
+ROPE = "        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)\n"
+# q/k norm applied to the rotated heads ([batch, seq, heads, head_dim] kept, so only the order is wrong)
+NORM_AFTER_ROPE = [
+    (PROJECTIONS, UNNORMED),
+    (
+        ROPE,
+        ROPE + "        q = self.q_norm(q.transpose(1, 2)).transpose(1, 2)\n"
+        "        k = self.k_norm(k.transpose(1, 2)).transpose(1, 2)\n",
+    ),
+]
+NORM_MISSING = [(PROJECTIONS, UNNORMED)]
+
+
+@pytest.fixture
+def project(make_project):
+    return make_project("qwen3")
+
+
+def test_correct_port_passes_every_stage(project):
+    result = project.run()
+    result.assert_outcomes(passed=len(ALL_STAGES))
+    assert result.ret == 0
+    data = project.results()
+    assert data["passed"] is True
+    assert [s["id"] for s in data["stages"]] == ALL_STAGES
+    assert {s["id"]: s for s in data["stages"]}["golden"]["figures"]["token_match"] >= 0.95
+
+
+@pytest.mark.parametrize(
+    ("bug", "first_divergent"),
+    [
+        # the norm module itself is right (its component passes) but sees rotated input
+        (NORM_AFTER_ROPE, "model.layers.0.self_attn.q_norm"),
+        # the norm never runs in the port, so the attention output is the first to differ
+        (NORM_MISSING, "model.layers.0.self_attn"),
+    ],
+    ids=["qk_norm_after_rope", "qk_norm_missing"],
+)
+def test_planted_qk_norm_bug_fails_at_attention(project, bug, first_divergent):
+    for old, new in bug:
+        project.replace(FILE, old, new)
+    result = project.run("-k", "not bfloat16")
+    assert result.ret == 1
+    statuses = project.statuses()
+    assert statuses["weights"] == "passed"
+    assert statuses["component[q_norm-layer0]"] == "passed"
+    assert statuses["component[attention-layer0]"] == "failed"
+    assert statuses["component[mlp-layer0]"] == "passed"
+    assert statuses["model"] == "failed"
+    assert all(statuses[s] == "skipped" for s in ("compile", "generate", "golden"))
+    stages = {s["id"]: s for s in project.results()["stages"]}
+    assert "attention (layer 0) differs" in stages["component[attention-layer0]"]["message"]
+    assert stages["model"]["figures"]["first_divergence"] == first_divergent
+    assert f"first divergent module: {first_divergent}" in stages["model"]["message"]
+    assert "Traceback" not in result.stdout.str()

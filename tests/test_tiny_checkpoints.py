@@ -1,0 +1,74 @@
+"""Tiny checkpoints trained on the bundled corpus (issue 7): deterministic, cached, self-healing."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from pytest_autoport import checkpoint
+from pytest_autoport.checkpoint import CORPUS, resolve_weights
+from pytest_autoport.spec import load_spec
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def llama_spec(folder: Path, **tiny):
+    spec = load_spec(REPO / "port_specs" / "llama.toml", REPO, check_imports=False)
+    spec = dataclasses.replace(spec, model=dataclasses.replace(spec.model, weights_path=str(folder)))
+    return dataclasses.replace(spec, tiny={**spec.tiny, **tiny})
+
+
+def test_materialisation_is_deterministic(tmp_path):
+    first = resolve_weights(llama_spec(tmp_path / "a", train_steps=40))
+    second = resolve_weights(llama_spec(tmp_path / "b", train_steps=40))
+    a, b = load_file(first.path / "model.safetensors"), load_file(second.path / "model.safetensors")
+    assert a.keys() == b.keys()
+    assert all(a[k].equal(b[k]) for k in a)
+    assert first.kind == "tiny-trained"
+    assert first.training["steps"] == 40 and first.training["final_loss"] > 0
+
+
+def test_second_resolve_trains_nothing(tmp_path, monkeypatch):
+    spec = llama_spec(tmp_path / "w", train_steps=20)
+    resolve_weights(spec)
+    monkeypatch.setattr(checkpoint, "_materialise_tiny", lambda *a: pytest.fail("rebuilt a cached checkpoint"))
+    assert resolve_weights(spec).rebuilt_after is None
+
+
+def test_corrupt_cached_checkpoint_is_detected_and_rebuilt(tmp_path):
+    spec = llama_spec(tmp_path / "w", train_steps=20)
+    good = (resolve_weights(spec).path / "model.safetensors").read_bytes()
+    weights_file = tmp_path / "w" / "model.safetensors"
+    weights_file.write_bytes(good[:-64] + bytes(64))
+    rebuilt = resolve_weights(spec)
+    assert rebuilt.rebuilt_after == "checksum mismatch in model.safetensors"
+    assert weights_file.read_bytes() == good
+
+
+def test_changed_recipe_rebuilds_and_random_path_stays_available(tmp_path):
+    path = tmp_path / "w"
+    assert resolve_weights(llama_spec(path, train_steps=20)).kind == "tiny-trained"
+    random = resolve_weights(llama_spec(path, weights="random"))
+    assert random.kind == "tiny-random" and random.training is None
+    assert json.loads((path / checkpoint.TINY_MARKER).read_text())["weights"] == "random"
+
+
+def test_bad_tiny_kind_names_the_field(tmp_path):
+    from pytest_autoport.errors import SpecError
+
+    with pytest.raises(SpecError) as info:
+        resolve_weights(llama_spec(tmp_path / "w", weights="pretrained"))
+    assert info.value.field == "tiny.weights"
+    assert not (tmp_path / "w").exists()
+
+
+def test_trained_model_continues_corpus_text(port_project):
+    port_project.run("-k", "generate")
+    texts = port_project.stage("generate")["figures"]["texts"]
+    corpus = " ".join(CORPUS.read_text().split())
+    for text in texts:
+        assert text.strip() in corpus
