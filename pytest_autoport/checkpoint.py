@@ -58,7 +58,9 @@ def resolve_weights(spec: PortSpec) -> Weights:
     if not spec.tiny:
         if path.exists():
             raise SpecError(spec.path, "model.weights_path", f"{path} holds no config.json")
-        raise SpecError(spec.path, "model.weights_path", f"{path} does not exist and the spec has no [tiny] table")
+        raise SpecError(
+            spec.path, "model.weights_path", f"{path} does not exist and the spec has no [tiny] table"
+        )
     recipe = _tiny_recipe(spec)
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
@@ -119,11 +121,13 @@ def _materialise_tiny(spec: PortSpec, recipe: dict, dest: Path) -> None:
     if kind not in TINY_KINDS:
         raise SpecError(spec.path, "tiny.weights", f"expected one of {TINY_KINDS}, got {kind!r}")
     if model_type is None:
-        raise SpecError(spec.path, "tiny.model_type", "missing (e.g. model_type = \"llama\")")
+        raise SpecError(spec.path, "tiny.model_type", 'missing (e.g. model_type = "llama")')
     model_cls = getattr(transformers, spec.model.hf_model_class, None)
     if model_cls is None:
         raise SpecError(
-            spec.path, "model.hf_model_class", f"transformers {transformers.__version__} has no {spec.model.hf_model_class}"
+            spec.path,
+            "model.hf_model_class",
+            f"transformers {transformers.__version__} has no {spec.model.hf_model_class}",
         )
 
     tokenizer = build_tokenizer(int(overrides.get("vocab_size", 512)))
@@ -148,7 +152,9 @@ def _materialise_tiny(spec: PortSpec, recipe: dict, dest: Path) -> None:
         if kind == "trained":
             from .tiny_training import train_on_corpus
 
-            training = train_on_corpus(model, tokenizer, CORPUS.read_text(encoding="utf-8"), steps=train_steps, seed=seed)
+            training = train_on_corpus(
+                model, tokenizer, CORPUS.read_text(encoding="utf-8"), steps=train_steps, seed=seed
+            )
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
         if quantize:
@@ -159,7 +165,9 @@ def _materialise_tiny(spec: PortSpec, recipe: dict, dest: Path) -> None:
             except ValueError as exc:
                 raise SpecError(spec.path, "tiny.quantize", str(exc)) from None
         files = {
-            p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(staging.iterdir()) if p.is_file()
+            p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(staging.iterdir())
+            if p.is_file()
         }
         record = {"weights": kind, "seed": seed, "training": training, "files": files, **recipe}
         (staging / TINY_MARKER).write_text(json.dumps(record, indent=2))

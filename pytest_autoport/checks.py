@@ -20,7 +20,15 @@ class OverPrecisionWarning(UserWarning):
     """The port computes in more precision than the reference does in this dtype."""
 
 
+def _same_shape(actual, expected, where: str) -> None:
+    if tuple(actual.shape) != tuple(expected.shape):
+        raise StageFailure(
+            f"{where}: the port's output has shape {list(actual.shape)}, HF's has {list(expected.shape)}"
+        )
+
+
 def check_fp32(actual, expected, where: str, plot: Path | None) -> dict:
+    _same_shape(actual, expected, where)
     cmp = compare(actual, expected)
     figures = {"mode": "fp32", **cmp.to_dict()}
     verdict = judge_strict(cmp, FP32_REL_TOL)
@@ -32,6 +40,7 @@ def check_fp32(actual, expected, where: str, plot: Path | None) -> dict:
 def check_low_precision(
     port_lp, ref_lp, ref_fp32, where: str, plot: Path | None, *, dtype_name: str, band=DEFAULT_BAND, reason=""
 ) -> dict:
+    _same_shape(port_lp, ref_fp32, where)
     ratio = three_tensor_ratio(port_lp, ref_lp, ref_fp32)
     cmp = compare(port_lp, ref_fp32)
     ref_cmp = compare(ref_lp, ref_fp32)

@@ -161,3 +161,143 @@ def _cut_at_eos(tokens: list[int], eos: int | None) -> list[int]:
     if eos is not None and eos in tokens:
         return tokens[: tokens.index(eos) + 1]
     return tokens
+
+
+# -- encoder-decoder ---------------------------------------------------------------------------------
+EncoderGraph = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (input_ids, attention_mask) -> hidden
+# (decoder_input_ids, position_ids, encoder_hidden, encoder_mask) -> logits; fills the cross-attention cache
+DecoderContextGraph = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def encode_sources(
+    sources: list[list[int]],
+    encoder_graphs: dict[int, EncoderGraph],
+    *,
+    batch_size: int,
+    max_seq_len: int,
+    pad_id: int,
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Run the encoder graph of the smallest fitting bucket over ``sources`` (one static batch);
+    returns (encoder output, mask) padded to ``max_seq_len`` source slots, and the bucket used."""
+    buckets = sorted(encoder_graphs)
+    rows = sources + [sources[0]] * (batch_size - len(sources))
+    longest = max(len(r) for r in rows)
+    bucket = smallest_fitting(longest, buckets)
+    if bucket is None:
+        raise StageFailure(
+            f"an encoder input of {longest} tokens does not fit the largest context bucket ({buckets[-1]}); "
+            "raise port.context_buckets in the spec or shorten the prompts"
+        )
+    input_ids = torch.full((batch_size, bucket), pad_id, dtype=torch.long)
+    for i, row in enumerate(rows):
+        input_ids[i, : len(row)] = torch.tensor(row)
+    lengths = torch.tensor([len(r) for r in rows])
+    mask = (torch.arange(bucket)[None, :] < lengths[:, None]).long()
+    hidden = encoder_graphs[bucket](input_ids, mask)
+    padded = hidden.new_zeros(batch_size, max_seq_len, hidden.shape[-1])
+    padded[:, :bucket] = hidden
+    padded_mask = torch.zeros(batch_size, max_seq_len, dtype=torch.long)
+    padded_mask[:, :bucket] = mask
+    return padded, padded_mask, bucket
+
+
+def generate_seq2seq(
+    prompts: list[list[int]],
+    params: SamplingParams,
+    *,
+    encoder_graphs: dict[int, EncoderGraph],
+    context_graphs: dict[int, DecoderContextGraph],
+    token_graphs: dict[int, Graph],
+    reset_cache: Callable[[], None],
+    batch_size: int,
+    max_seq_len: int,
+    decoder_start_id: int,
+    pad_id: int = 0,
+) -> GenerationResult:
+    """Encoder once per prompt, decoder context encoding of the start token (which fills the
+    cross-attention cache), then one token-generation step per new token through the decoder KV cache."""
+    context_buckets, token_buckets = sorted(context_graphs), sorted(token_graphs)
+    if 1 + params.max_new_tokens > max_seq_len:
+        raise StageFailure(
+            f"the decoder start token + {params.max_new_tokens} new tokens exceeds port.max_seq_len ({max_seq_len})"
+        )
+    generator = torch.Generator().manual_seed(params.seed)
+    tokens: list[list[int]] = []
+    ttft = decode_s = 0.0
+    steps = 0
+    used: set[str] = set()
+    start = time.perf_counter()
+    first_bucket = context_buckets[0]
+    for first in range(0, len(prompts), batch_size):
+        group = prompts[first : first + batch_size]
+        reset_cache()
+        t0 = time.perf_counter()
+        encoder_hidden, encoder_mask, bucket = encode_sources(
+            group, encoder_graphs, batch_size=batch_size, max_seq_len=max_seq_len, pad_id=pad_id
+        )
+        used.update({f"encoder_{bucket}", f"context_encoding_{first_bucket}"})
+        decoder_ids = torch.full((batch_size, first_bucket), pad_id, dtype=torch.long)
+        decoder_ids[:, 0] = decoder_start_id
+        positions = torch.arange(first_bucket).expand(batch_size, first_bucket).contiguous()
+        logits = context_graphs[first_bucket](decoder_ids, positions, encoder_hidden, encoder_mask)
+        next_ids = choose_next(logits[:, 0], params, generator)
+        if first == 0:
+            ttft = time.perf_counter() - t0
+        generated = [next_ids]
+        finished = _hit_eos(next_ids, params)
+        t1 = time.perf_counter()
+        for step in range(1, params.max_new_tokens):
+            if bool(finished.all()):
+                break
+            position = torch.full((batch_size, 1), step, dtype=torch.long)
+            reach = smallest_fitting(step + 1, token_buckets)
+            used.add(f"token_generation_{reach}")
+            logits = token_graphs[reach](next_ids[:, None], position)
+            next_ids = choose_next(logits[:, -1], params, generator)
+            generated.append(next_ids)
+            finished |= _hit_eos(next_ids, params)
+            steps += 1
+        decode_s += time.perf_counter() - t1
+        out = torch.stack(generated, dim=1)
+        tokens.extend(_cut_at_eos(out[i].tolist(), params.eos_token_id) for i in range(len(group)))
+    return GenerationResult(
+        tokens=tokens,
+        ttft_s=ttft,
+        decode_s=decode_s,
+        decode_steps=steps,
+        total_s=time.perf_counter() - start,
+        buckets_used=sorted(used),
+    )
+
+
+def score_seq2seq(
+    sources: list[list[int]],
+    sequences: list[list[int]],
+    *,
+    encoder_graphs: dict[int, EncoderGraph],
+    context_graphs: dict[int, DecoderContextGraph],
+    reset_cache: Callable[[], None],
+    batch_size: int,
+    max_seq_len: int,
+    pad_id: int = 0,
+) -> list[torch.Tensor]:
+    """Teacher forcing: logits [len, vocab] of each decoder sequence (start token first) given its
+    encoder input, from one encoder pass and one decoder context-encoding pass."""
+    buckets = sorted(context_graphs)
+    out = []
+    for source, seq in zip(sources, sequences):
+        bucket = smallest_fitting(len(seq), buckets)
+        if bucket is None:
+            raise StageFailure(
+                f"a scored decoder sequence of {len(seq)} tokens does not fit the largest context bucket ({buckets[-1]})"
+            )
+        reset_cache()
+        encoder_hidden, encoder_mask, _ = encode_sources(
+            [source], encoder_graphs, batch_size=batch_size, max_seq_len=max_seq_len, pad_id=pad_id
+        )
+        decoder_ids = torch.full((batch_size, bucket), pad_id, dtype=torch.long)
+        decoder_ids[:, : len(seq)] = torch.tensor(seq)
+        positions = torch.arange(bucket).expand(batch_size, bucket).contiguous()
+        logits = context_graphs[bucket](decoder_ids, positions, encoder_hidden, encoder_mask)
+        out.append(logits[0, : len(seq)].float())
+    return out

@@ -87,8 +87,12 @@ def hidden_input(capture: Capture) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def greedy_golden(model, prompts: list[list[int]], max_new_tokens: int, pad_id: int | None) -> list[list[int]]:
-    """FP32 greedy continuation of each prompt, exactly ``max_new_tokens`` long (EOS not honoured)."""
+def greedy_golden(
+    model, prompts: list[list[int]], max_new_tokens: int, pad_id: int | None, *, encoder_decoder: bool = False
+) -> list[list[int]]:
+    """FP32 greedy continuation of each prompt, exactly ``max_new_tokens`` long (EOS not honoured).
+    Encoder-decoder: the prompt is the encoder input and the continuation is the decoder output after
+    its start token."""
     out = []
     for prompt in prompts:
         ids = torch.tensor([prompt])
@@ -101,7 +105,7 @@ def greedy_golden(model, prompts: list[list[int]], max_new_tokens: int, pad_id: 
             num_beams=1,
             pad_token_id=pad_id,
         )
-        out.append(generated[0, ids.shape[1] :].tolist())
+        out.append(generated[0, 1 if encoder_decoder else ids.shape[1] :].tolist())
     return out
 
 

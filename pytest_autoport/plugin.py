@@ -7,6 +7,7 @@ junit-xml and xdist work on them as on any test.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pytest
@@ -31,13 +32,19 @@ class AutoportState:
     def option(self, name):
         return self.config.getoption(name)
 
+    @functools.cached_property
+    def light_spec(self) -> PortSpec | None:
+        """The spec parsed without importing the port (no torch): for names and settings, or None
+        when it is invalid (collection then reports why)."""
+        try:
+            return load_spec(self.spec_path, self.config.rootpath, check_imports=False)
+        except SpecError:
+            return None
+
     def target_name(self) -> str:
         if self.option("autoport_target"):
             return self.option("autoport_target")
-        try:
-            return load_spec(self.spec_path, self.config.rootpath, check_imports=False).port.target
-        except SpecError:
-            return "?"
+        return self.light_spec.port.target if self.light_spec else "?"
 
     @property
     def artifacts_dir(self) -> Path:
@@ -48,18 +55,26 @@ class AutoportState:
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("autoport", "pytest-autoport: staged verdicts for HF -> Neuron ports")
-    group.addoption("--autoport-model", metavar="NAME|PATH", help="port spec name in port_specs/ or path to a spec file")
-    group.addoption("--autoport-target", choices=("torch", "nxdi"), help="override the spec's target")
-    group.addoption("--autoport-artifacts", metavar="DIR", help="artifact folder (default: <rootdir>/agent_artifacts)")
     group.addoption(
-        "--autoport-dry-run", action="store_true", help="run only the stages that need no target; skip the rest"
+        "--autoport-model", metavar="NAME|PATH", help="port spec name in port_specs/ or path to a spec file"
+    )
+    group.addoption("--autoport-target", choices=("torch", "nxdi"), help="override the spec's target")
+    group.addoption(
+        "--autoport-artifacts", metavar="DIR", help="artifact folder (default: <rootdir>/agent_artifacts)"
+    )
+    group.addoption(
+        "--autoport-dry-run",
+        action="store_true",
+        help="run only the stages that need no target; skip the rest",
     )
     group.addoption(
         "--autoport-dtype",
         choices=("float32", "bfloat16", "float16"),
         help="override port.dtype (compile dtype and low-precision checks; float32: FP32 checks only)",
     )
-    group.addoption("--autoport-compiler", choices=("export", "aoti"), help="torch target: override port.compiler")
+    group.addoption(
+        "--autoport-compiler", choices=("export", "aoti"), help="torch target: override port.compiler"
+    )
     group.addoption(
         "--autoport-golden-mode",
         choices=("token", "logit", "all"),
@@ -98,10 +113,7 @@ def _clean_cache(state: AutoportState) -> None:
 
     from .artifacts import ArtifactStore
 
-    try:
-        name = load_spec(state.spec_path, state.config.rootpath, check_imports=False).name
-    except SpecError:
-        name = state.spec_path.stem
+    name = state.light_spec.name if state.light_spec else state.spec_path.stem
     data = state.artifacts_dir / "data"
     store = ArtifactStore(data / "compiled_model", data / "compilation_failures")
     for entry in store.entries():
@@ -122,7 +134,10 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
 
     target = state.target_name()
     mode = ", dry run" if config.getoption("autoport_dry_run") else ""
-    return [f"autoport: spec {state.spec_path}, target {target}{mode}", *check_environment(target).summary_lines()]
+    return [
+        f"autoport: spec {state.spec_path}, target {target}{mode}",
+        *check_environment(target).summary_lines(),
+    ]
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector):
@@ -149,10 +164,11 @@ class SpecFile(pytest.File):
             )
             session = AutoportSession(spec, options)
             num_layers = session.hf_config.num_hidden_layers
+            present = {(name, layer) for name, _, _, layer in session.module_paths}
         except AutoportError as exc:
             raise self.CollectError(str(exc)) from None
         state.session = session
-        for planned in plan(session.spec, num_layers, session.lp_dtype_name):
+        for planned in plan(session.spec, num_layers, session.lp_dtype_name, present):
             item = StageItem.from_parent(self, name=planned.id, planned=planned)
             item.add_marker(pytest.mark.xdist_group(spec.name))
             item.add_marker(pytest.mark.timeout(timeout_for(planned.stage.name, spec)))
@@ -177,7 +193,11 @@ class StageItem(pytest.Item):
         if session.options.dry_run and not stage.runs_in_dry_run(session):
             pytest.skip("dry run")
         for required in stage.requires:
-            failed = [sid for sid, outcome in self.state.outcomes.items() if _stage_of(sid) == required and outcome != "passed"]
+            failed = [
+                sid
+                for sid, outcome in self.state.outcomes.items()
+                if _stage_of(sid) == required and outcome != "passed"
+            ]
             if failed:
                 pytest.skip(f"prerequisite stage {failed[0]} did not pass ({self.state.outcomes[failed[0]]})")
         if stage.needs_target:
@@ -221,16 +241,15 @@ class VerdictReporter:
     def _verdict(self) -> Verdict:
         if self.verdict is None:
             state = self.state
-            try:
-                spec = load_spec(state.spec_path, state.config.rootpath, check_imports=False)
-                model, target, dtype = spec.name, spec.port.target, spec.port.dtype
-            except SpecError:
-                model, target, dtype = state.spec_path.stem, "?", "?"
+            spec = state.light_spec
+            model, target, dtype = (
+                (spec.name, spec.port.target, spec.port.dtype) if spec else (state.spec_path.stem, "?", "?")
+            )
             self.verdict = Verdict(
                 model=model,
                 spec=str(state.spec_path),
                 target=state.option("autoport_target") or target,
-                dtype=dtype,
+                dtype=state.option("autoport_dtype") or dtype,
                 dry_run=bool(state.option("autoport_dry_run")),
             )
         return self.verdict
@@ -251,7 +270,9 @@ class VerdictReporter:
         stage_id = report.nodeid.rpartition("::")[2]
         status = report.outcome if report.when == "call" or report.outcome == "skipped" else "error"
         self.state.outcomes[stage_id] = status
-        figures = {k[len(FIGURE_PREFIX) :]: v for k, v in report.user_properties if k.startswith(FIGURE_PREFIX)}
+        figures = {
+            k[len(FIGURE_PREFIX) :]: v for k, v in report.user_properties if k.startswith(FIGURE_PREFIX)
+        }
         verdict = self._verdict()
         if stage_id == "weights" and "weights" in figures:
             verdict.weights = figures["weights"]

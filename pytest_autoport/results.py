@@ -79,7 +79,9 @@ def key_figure(rec: StageRecord) -> str:
     if rec.stage == "weights":
         return f"{f.get('hf_tensors', '?')} tensors, {f.get('weights_kind', '?')} weights"
     if rec.stage in ("component", "model") and "r" in f:
-        text = f"R {_num(f['r'], '.3f')} (band {f['band'][0]}-{f['band'][1]}), rel_fro {_num(f.get('rel_fro'))}"
+        text = (
+            f"R {_num(f['r'], '.3f')} (band {f['band'][0]}-{f['band'][1]}), rel_fro {_num(f.get('rel_fro'))}"
+        )
         return text + (" WARN over-precision" if "warning" in f else "")
     if rec.stage in ("component", "model") and "rel_fro" in f:
         return f"rel_fro {_num(f['rel_fro'])}, max_abs {_num(f.get('max_abs'))}"

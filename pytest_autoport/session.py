@@ -98,14 +98,73 @@ class AutoportSession:
         ids = self.tokenizer(" ".join(self.spec.validation.prompts))["input_ids"]
         return torch.tensor([ids[: self.spec.port.context_bucket_list[-1]]])
 
+    @property
+    def is_encoder_decoder(self) -> bool:
+        return self.spec.port.is_encoder_decoder
+
+    @cached_property
+    def decoder_probe_ids(self):
+        """Encoder-decoder: the decoder input of the component and model checks, the decoder start
+        token then the probe (cut to max_seq_len)."""
+        import torch
+
+        start = getattr(self.hf_config, "decoder_start_token_id", None)
+        if start is None:
+            raise AutoportError(
+                f"{self.spec.path}: an encoder-decoder HF config needs decoder_start_token_id"
+            )
+        ids = [start] + self.probe_ids[0].tolist()
+        return torch.tensor([ids[: self.spec.port.max_seq_len]])
+
+    def _hf_forward(self, model, result: dict):
+        """One reference forward over the probe; fills ``result`` with logits (and encoder output)."""
+        if not self.is_encoder_decoder:
+            result["logits"] = model(self.probe_ids, use_cache=False).logits.float()
+            return
+        out = model(input_ids=self.probe_ids, decoder_input_ids=self.decoder_probe_ids, use_cache=False)
+        result["logits"] = out.logits.float()
+        result["encoder_hidden"] = out.encoder_last_hidden_state
+
+    @property
+    def hf_encoder_hidden(self):
+        """Encoder-decoder: the FP32 reference encoder output over the probe (cross-attention input)."""
+        self.hf_trace  # noqa: B018 - computed with the trace
+        return self._hf_encoder_hidden
+
+    def run_port_model(self, port):
+        """Eager full forward of the port over the probe: logits [batch, seq, vocab]."""
+        if self.is_encoder_decoder:
+            if not hasattr(self.target, "run_seq2seq"):
+                raise StageFailure(f"target {self.target_name!r} does not run encoder-decoder ports")
+            return self.target.run_seq2seq(port, self.probe_ids, self.decoder_probe_ids)
+        return self.target.run_model(port, self.probe_ids)
+
+    @cached_property
+    def hf_skeleton(self):
+        """The HF model's module tree without weights (meta device): cheap enough for collection."""
+        import torch
+        import transformers
+
+        cls = getattr(transformers, self.spec.model.hf_model_class)
+        with torch.device("meta"):
+            return cls(self.hf_config)
+
     @cached_property
     def module_paths(self) -> list[tuple[str, str, str, int | None]]:
         """(component name, HF path, port path, layer) for every component of every layer."""
         layers = self.hf_config.num_hidden_layers
         entries = []
         for comp in self.spec.components:
-            for layer in range(layers) if comp.per_layer else [None]:
-                entries.append((comp.name, comp.hf_path(layer), comp.port_path(layer), layer))
+            found = [
+                (comp.name, comp.hf_path(layer), comp.port_path(layer), layer)
+                for layer in (range(layers) if comp.per_layer else [None])
+                if _has_submodule(self.hf_skeleton, comp.hf_path(layer))
+            ]
+            if not found:  # a layer may lack a module (a dense layer in an MoE model), no layer may not
+                raise AutoportError(
+                    f"{self.spec.path}: components {comp.name!r}: HF module {comp.hf_module!r} exists in no layer"
+                )
+            entries += found
         return entries
 
     @cached_property
@@ -117,13 +176,16 @@ class AutoportSession:
         result = {}
 
         def run():
-            result["logits"] = model(self.probe_ids, use_cache=False).logits.float()
+            self._hf_forward(model, result)
 
         paths = [hf for _, hf, _, _ in self.module_paths]
         try:
             captures = capture_modules(model, paths, run)
         except AttributeError as exc:
-            raise AutoportError(f"{self.spec.path}: a components[].hf_module path does not exist: {exc}") from None
+            raise AutoportError(
+                f"{self.spec.path}: a components[].hf_module path does not exist: {exc}"
+            ) from None
+        self._hf_encoder_hidden = result.get("encoder_hidden")
         return captures, result["logits"]
 
     @cached_property
@@ -140,7 +202,7 @@ class AutoportSession:
         result = {}
 
         def run():
-            result["logits"] = self.hf_model_lp(self.probe_ids, use_cache=False).logits.float()
+            self._hf_forward(self.hf_model_lp, result)
 
         captures = capture_modules(self.hf_model_lp, [hf for _, hf, _, _ in self.module_paths], run)
         return captures, result["logits"]
@@ -150,7 +212,11 @@ class AutoportSession:
         from .hf_reference import greedy_golden
 
         return greedy_golden(
-            self.hf_model, self.prompt_ids, self.spec.validation.num_tokens_to_check, self.tokenizer.pad_token_id
+            self.hf_model,
+            self.prompt_ids,
+            self.spec.validation.num_tokens_to_check,
+            self.tokenizer.pad_token_id,
+            encoder_decoder=self.is_encoder_decoder,
         )
 
     # -- port side -----------------------------------------------------------------------------------
@@ -250,3 +316,11 @@ class AutoportSession:
 
         params = SamplingParams(max_new_tokens=self.spec.validation.num_tokens_to_check)
         return self.compiled_model.generate(self.prompt_ids, params)
+
+
+def _has_submodule(model, path: str) -> bool:
+    try:
+        model.get_submodule(path)
+    except AttributeError:
+        return False
+    return True

@@ -24,7 +24,15 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 TARGETS = ("torch", "nxdi")
 DTYPES = ("float32", "bfloat16", "float16")
 COMPILERS = ("export", "aoti")
-CALL_KINDS = ("input_ids", "hidden_positions", "hidden")
+CALL_KINDS = (
+    "input_ids",
+    "hidden_positions",
+    "hidden",
+    "hf_args",
+    "hidden_encoder",
+    "hidden_positions_encoder",
+)
+ARCHITECTURES = ("decoder", "encoder_decoder")
 
 
 @dataclass(frozen=True)
@@ -52,6 +60,11 @@ class PortParams:
     token_generation_buckets: list[int] = field(default_factory=list)  # empty: powers of two
     tp_degree: int = 1
     compiler: str = "export"  # torch target: "export" or "aoti"
+    architecture: str = "decoder"  # "decoder" (causal LM) or "encoder_decoder" (seq2seq LM)
+
+    @property
+    def is_encoder_decoder(self) -> bool:
+        return self.architecture == "encoder_decoder"
 
     @property
     def context_bucket_list(self) -> list[int]:
@@ -105,7 +118,9 @@ class Component:
     @property
     def call_kind(self) -> str:
         """``input_ids``: module(input_ids); ``hidden_positions``: module(hidden, position_ids);
-        ``hidden``: module(hidden)."""
+        ``hidden``: module(hidden); encoder-decoder only: ``hidden_encoder``: module(hidden,
+        encoder_hidden) (cross-attention); ``hidden_positions_encoder``: module(hidden, position_ids,
+        encoder_hidden) (decoder layer)."""
         if self.call:
             return self.call
         if self.name in ("embedding", "embed_tokens"):
@@ -230,7 +245,9 @@ def load_spec(path: Path, project_root: Path, *, check_imports: bool = True) -> 
         if stage not in STAGE_NAMES:
             raise SpecError(path, f"timeouts.{stage}", f"unknown stage; expected one of {STAGE_NAMES}")
         if not _matches(seconds, float) or seconds <= 0:
-            raise SpecError(path, f"timeouts.{stage}", f"expected a positive number of seconds, got {seconds!r}")
+            raise SpecError(
+                path, f"timeouts.{stage}", f"expected a positive number of seconds, got {seconds!r}"
+            )
     tiny = raw.get("tiny", {})
     if not isinstance(tiny, dict):
         raise SpecError(path, "tiny", "must be a table of config overrides")
@@ -301,8 +318,22 @@ def _check_semantics(spec: PortSpec) -> None:
     for name in ("batch_size", "max_seq_len", "tp_degree"):
         if getattr(p, name) < 1:
             raise SpecError(path, f"port.{name}", "must be at least 1")
+    if p.architecture not in ARCHITECTURES:
+        raise SpecError(
+            path,
+            "port.architecture",
+            f"unknown architecture {p.architecture!r}; expected one of {ARCHITECTURES}",
+        )
+    if p.is_encoder_decoder and (p.target != "torch" or p.compiler != "export"):
+        raise SpecError(
+            path,
+            "port.architecture",
+            'encoder_decoder ports run on target "torch" with compiler "export" only',
+        )
     if p.compiler not in COMPILERS:
-        raise SpecError(path, "port.compiler", f"unknown compiler {p.compiler!r}; expected one of {COMPILERS}")
+        raise SpecError(
+            path, "port.compiler", f"unknown compiler {p.compiler!r}; expected one of {COMPILERS}"
+        )
     for name in ("context_buckets", "token_generation_buckets"):
         buckets = getattr(p, name)
         if not buckets:
@@ -332,6 +363,10 @@ def _check_semantics(spec: PortSpec) -> None:
         seen.add(comp.name)
         if comp.call and comp.call not in CALL_KINDS:
             raise SpecError(path, f"components[{n}].call", f"{comp.call!r} is not one of {CALL_KINDS}")
+        if comp.call in ("hidden_encoder", "hidden_positions_encoder") and not p.is_encoder_decoder:
+            raise SpecError(
+                path, f"components[{n}].call", f'{comp.call!r} needs port.architecture = "encoder_decoder"'
+            )
         if comp.r_band and (len(comp.r_band) != 2 or not 0 < comp.r_band[0] < comp.r_band[1]):
             raise SpecError(path, f"components[{n}].r_band", "expected [low, high] with 0 < low < high")
         if comp.r_band and not comp.r_band_reason.strip():

@@ -9,7 +9,9 @@ import time
 CORPUS_WINDOW = 64
 
 
-def train_on_corpus(model, tokenizer, text: str, *, steps: int, seed: int, lr: float = 3e-3, batch: int = 16) -> dict:
+def train_on_corpus(
+    model, tokenizer, text: str, *, steps: int, seed: int, lr: float = 3e-3, batch: int = 16
+) -> dict:
     """Next-token training on random windows of ``text``; deterministic for a seed and torch version."""
     import torch
     from tqdm import tqdm
@@ -23,7 +25,9 @@ def train_on_corpus(model, tokenizer, text: str, *, steps: int, seed: int, lr: f
     model.train()
     start = time.perf_counter()
     loss_value = float("nan")
-    progress = tqdm(range(steps), desc=f"training tiny {model.config.model_type}", disable=not sys.stderr.isatty())
+    progress = tqdm(
+        range(steps), desc=f"training tiny {model.config.model_type}", disable=not sys.stderr.isatty()
+    )
     for _ in progress:
         starts = torch.randint(0, len(ids) - window, (batch,), generator=generator)
         inputs = torch.stack([ids[s : s + window + 1] for s in starts.tolist()])
@@ -36,4 +40,8 @@ def train_on_corpus(model, tokenizer, text: str, *, steps: int, seed: int, lr: f
         loss_value = float(loss.detach())
         progress.set_postfix(loss=f"{loss_value:.3f}")
     model.eval()
-    return {"steps": steps, "final_loss": round(loss_value, 4), "seconds": round(time.perf_counter() - start, 2)}
+    return {
+        "steps": steps,
+        "final_loss": round(loss_value, 4),
+        "seconds": round(time.perf_counter() - start, 2),
+    }

@@ -60,7 +60,9 @@ class MappingReport:
             ("shape mismatches", self.mismatched),
         ):
             if keys:
-                shown = "\n    ".join(keys[:12]) + (f"\n    ... and {len(keys) - 12} more" if len(keys) > 12 else "")
+                shown = "\n    ".join(keys[:12]) + (
+                    f"\n    ... and {len(keys) - 12} more" if len(keys) > 12 else ""
+                )
                 parts.append(f"{title} ({len(keys)}):\n    {shown}")
         return "weight mapping is wrong:\n  " + "\n  ".join(parts)
 
@@ -79,7 +81,9 @@ def check_mapping(convert, hf_state: dict, config, port_state: dict) -> MappingR
     try:
         converted = convert(tracker, config)
     except KeyError as exc:
-        raise StageFailure(f"convert_hf_to_neuron_state_dict looked up a key the checkpoint lacks: {exc}") from None
+        raise StageFailure(
+            f"convert_hf_to_neuron_state_dict looked up a key the checkpoint lacks: {exc}"
+        ) from None
     report = MappingReport(converted=dict(converted))
 
     hf_storages = {_storage_id(t): key for key, t in hf_state.items()}

@@ -32,7 +32,7 @@ PLANTED_BUGS = {
     ),
     "wrong_weight_key": (
         "llama/modeling_llama.py",
-        '        return converted\n',
+        "        return converted\n",
         '        converted["model.layers.0.self_attn.q_proj.weight"] = state_dict["model.layers.1.self_attn.q_proj.weight"]\n'
         "        return converted\n",
     ),
@@ -72,7 +72,9 @@ class PortProject:
         self.pytester = pytester
         self.name = name
         self.root = pytester.path
-        shutil.copytree(REPO / "neuron_port", self.root / "neuron_port", ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(
+            REPO / "neuron_port", self.root / "neuron_port", ignore=shutil.ignore_patterns("__pycache__")
+        )
         (self.root / "port_specs").mkdir()
         spec_text = (REPO / "port_specs" / f"{name}.toml").read_text()
         spec_text = re.sub(r'weights_path = ".*"', f'weights_path = "{weights}"', spec_text)

@@ -28,7 +28,7 @@ def test_clean_cache_option_forces_a_compile(port_project):
 
 def test_failed_compile_keeps_its_logs_and_names_the_folder(port_project):
     port_project.replace(
-        "llama/modeling_llama.py",
+        "common/decoder.py",
         "        hidden_states = self.embed_tokens(input_ids)\n",
         "        hidden_states = self.embed_tokens(input_ids)\n"
         "        if hidden_states.sum() > 0:  # data-dependent control flow cannot be captured\n"
@@ -47,7 +47,9 @@ def test_failed_compile_keeps_its_logs_and_names_the_folder(port_project):
 def test_aoti_compiler_generates_through_native_code(port_project):
     port_project.edit_spec("context_buckets = [16, 32, 64]", "context_buckets = [64]")
     port_project.edit_spec("token_generation_buckets = [32, 64]", "token_generation_buckets = [64]")
-    port_project.run("-k", "compile or generate or golden", "--autoport-compiler=aoti", "--autoport-dtype=float32")
+    port_project.run(
+        "-k", "compile or generate or golden", "--autoport-compiler=aoti", "--autoport-dtype=float32"
+    )
     assert port_project.statuses() == {"compile": "passed", "generate": "passed", "golden": "passed"}
     figures = compile_figures(port_project)
     assert figures["compiler"] == "aoti" and figures["graphs"] == 2

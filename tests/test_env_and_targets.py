@@ -32,13 +32,17 @@ def test_nxdi_target_without_sdk_skips_with_the_import_error(port_project):
     assert statuses["env"] == "passed"
     others = [sid for sid in statuses if sid != "env"]
     assert all(statuses[sid] == "skipped" for sid in others)
-    assert port_project.stage("weights")["message"].startswith("neuronx-distributed-inference is not importable:")
+    assert port_project.stage("weights")["message"].startswith(
+        "neuronx-distributed-inference is not importable:"
+    )
     assert result.ret == 1  # nothing was verified: the verdict does not pass
     assert port_project.results()["passed"] is False
 
 
 def test_autoport_cli_help_lists_commands():
-    out = subprocess.run([sys.executable, "-m", "pytest_autoport.cli", "--help"], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest_autoport.cli", "--help"], capture_output=True, text=True
+    )
     assert out.returncode == 0
     for command in ("verdict", "env", "clean-cache"):
         assert command in out.stdout

@@ -55,7 +55,9 @@ def test_correct_port_passes_every_stage(make_project):
     ],
     ids=["plain_rmsnorm", "head_dim_scaling"],
 )
-def test_planted_gemma_bug_fails_at_its_component(make_project, file, correct, buggy, failing, first_divergent):
+def test_planted_gemma_bug_fails_at_its_component(
+    make_project, file, correct, buggy, failing, first_divergent
+):
     project = make_project("gemma3")
     project.replace(file, correct, buggy)
     result = project.run("-k", "not bfloat16")

@@ -89,3 +89,21 @@ def test_planted_bug_fails_at_its_component(project, bug):
     assert message in stages[failing]["message"]
     assert stages["model"]["figures"]["first_divergence"] == first_divergent
     assert f"first divergent module: {first_divergent}" in stages["model"]["message"]
+
+
+@pytest.mark.parametrize("truncate", [False, True], ids=["gpt_oss_yarn", "truncated_yarn"])
+def test_rope_tables_match_hf_for_the_real_config(truncate):
+    """The tiny model's head_dim is 16; the real one's is 64 (and other checkpoints truncate YaRN's ramp)."""
+    torch = pytest.importorskip("torch")
+    from transformers import GptOssConfig
+    from transformers.models.gpt_oss.modeling_gpt_oss import GptOssRotaryEmbedding
+
+    from neuron_port.common.gpt_oss_rope import ScaledRotaryEmbedding
+
+    config = GptOssConfig()  # gpt-oss-20b / 120b attention and RoPE settings
+    config.rope_parameters["truncate"] = truncate
+    positions = torch.tensor([[0, 1, 127, 4095, 131071]])
+    cos, sin = GptOssRotaryEmbedding(config)(torch.zeros(1), positions)
+    port_cos, port_sin = ScaledRotaryEmbedding(config, config.head_dim)(positions, torch.float32)
+    assert torch.allclose(port_cos, torch.cat((cos, cos), dim=-1), rtol=0, atol=1e-6)
+    assert torch.allclose(port_sin, torch.cat((sin, sin), dim=-1), rtol=0, atol=1e-6)

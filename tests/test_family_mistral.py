@@ -7,7 +7,11 @@ from __future__ import annotations
 FILE = "mistral/modeling_mistral.py"
 COMPONENTS = [
     "embedding",
-    *(f"{name}-layer{i}" for name in ("input_norm", "attention", "post_attention_norm", "mlp", "decoder_layer") for i in (0, 1)),
+    *(
+        f"{name}-layer{i}"
+        for name in ("input_norm", "attention", "post_attention_norm", "mlp", "decoder_layer")
+        for i in (0, 1)
+    ),
     "norm",
     "lm_head",
 ]
@@ -17,8 +21,8 @@ ALL_STAGES = (
     + [f"component[{c}-bfloat16]" for c in COMPONENTS]
     + ["model", "model[bfloat16]", "compile", "generate", "golden"]
 )
-WINDOWED = "mask = causal_cache_mask(position_ids, keys.shape[2], self.sliding_window)"
-FULL_CAUSAL = "mask = causal_cache_mask(position_ids, keys.shape[2])"
+WINDOWED = "window=self.sliding_window)"
+FULL_CAUSAL = "window=None)"
 
 
 def test_correct_port_passes_every_stage(make_project):

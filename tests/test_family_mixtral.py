@@ -42,7 +42,7 @@ def test_correct_port_passes_every_stage(make_project):
 def test_moe_bug_fails_at_its_component(make_project, correct, buggy, failing):
     project = make_project("mixtral")
     project.replace(PORT, correct, buggy)
-    result = project.run()
+    result = project.run("-k", "not bfloat16")
     assert result.ret == 1
     statuses = project.statuses()
     assert statuses["weights"] == "passed"
@@ -50,11 +50,13 @@ def test_moe_bug_fails_at_its_component(make_project, correct, buggy, failing):
     assert statuses["component[attention-layer0]"] == "passed"
     assert statuses[f"component[{failing}-layer0]"] == "failed"
     assert f"{failing} (layer 0) differs" in project.stage(f"component[{failing}-layer0]")["message"]
-    # the experts check runs the whole port block, so it sees routing bugs too
-    assert statuses["component[experts-layer0]"] == statuses["component[mlp-layer0]"] == "failed"
+    # the experts check feeds both sides HF's routing: only expert bugs fail it
+    assert statuses["component[mlp-layer0]"] == "failed"
+    assert statuses["component[experts-layer0]"] == ("failed" if failing == "experts" else "passed")
     model = project.stage("model")
     assert model["status"] == "failed"
-    assert model["figures"]["first_divergence"] == "model.layers.0.mlp"
+    # localisation runs each model on its own routing, so a routing bug shows in the experts' output too
+    assert model["figures"]["first_divergence"] in ("model.layers.0.mlp.experts", "model.layers.0.mlp")
     for stage in DOWNSTREAM:
         assert statuses[stage] == "skipped"
     assert "Traceback" not in result.stdout.str()
@@ -71,13 +73,17 @@ def test_transformers5_stacked_expert_layout_converts(tiny_weights):
 
     from neuron_port.mixtral.modeling_mixtral import NeuronMixtralForCausalLM
 
-    hf = transformers.MixtralForCausalLM.from_pretrained(tiny_weights("mixtral"), attn_implementation="eager").eval()
+    hf = transformers.MixtralForCausalLM.from_pretrained(
+        tiny_weights("mixtral"), attn_implementation="eager"
+    ).eval()
     stacked = hf.state_dict()
     assert "model.layers.0.mlp.experts.gate_up_proj" in stacked
     config = copy.deepcopy(hf.config)
     config.neuron_config = SimpleNamespace(batch_size=1, max_seq_len=32)
     port = NeuronMixtralForCausalLM(config)
-    port.load_state_dict(NeuronMixtralForCausalLM.convert_hf_to_neuron_state_dict(stacked, config), strict=True)
+    port.load_state_dict(
+        NeuronMixtralForCausalLM.convert_hf_to_neuron_state_dict(stacked, config), strict=True
+    )
     ids = torch.randint(0, config.vocab_size, (1, 16))
     with torch.inference_mode():
         expected = hf(ids, use_cache=False).logits

@@ -20,12 +20,12 @@ ALL_STAGES = (
     + ["model", "model[bfloat16]", "compile", "generate", "golden"]
 )
 PROJECTIONS = (
-    "        q = self.q_norm(self.q_proj(hidden_states).view(batch, seq, self.num_heads, self.head_dim)).transpose(1, 2)\n"
-    "        k = self.k_norm(self.k_proj(hidden_states).view(batch, seq, self.num_kv_heads, self.head_dim)).transpose(1, 2)\n"
+    "        q = self.q_norm(self.q_proj(hidden_states).view(heads)).transpose(1, 2)\n"
+    "        k = self.k_norm(self.k_proj(hidden_states).view(heads)).transpose(1, 2)\n"
 )
 UNNORMED = (
-    "        q = self.q_proj(hidden_states).view(batch, seq, self.num_heads, self.head_dim).transpose(1, 2)\n"
-    "        k = self.k_proj(hidden_states).view(batch, seq, self.num_kv_heads, self.head_dim).transpose(1, 2)\n"
+    "        q = self.q_proj(hidden_states).view(heads).transpose(1, 2)\n"
+    "        k = self.k_proj(hidden_states).view(heads).transpose(1, 2)\n"
 )
 ROPE = "        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)\n"
 # q/k norm applied to the rotated heads ([batch, seq, heads, head_dim] kept, so only the order is wrong)

@@ -52,7 +52,9 @@ def test_prompt_padded_to_smallest_bucket_and_decode_crosses_bucket_boundary():
 
 
 def test_batches_fill_the_static_batch_and_keep_per_row_positions():
-    result, calls = run_generation([[1], [1, 2, 3, 4, 5], [7]], SamplingParams(max_new_tokens=2), batch_size=2)
+    result, calls = run_generation(
+        [[1], [1, 2, 3, 4, 5], [7]], SamplingParams(max_new_tokens=2), batch_size=2
+    )
     assert result.tokens == [[2, 3], [6, 7], [8, 9]]
     assert calls[0][:2] == ("ctx8", (2, 8))
     assert calls[1][2] == [1, 5]  # decode positions follow each row's own length
@@ -106,7 +108,7 @@ def test_generate_stage_reports_metrics_and_buckets(port_project):
 
 def test_degenerate_output_fails_generate_with_the_text(port_project):
     port_project.replace(
-        "llama/modeling_llama.py",
+        "common/decoder.py",
         "return self.lm_head(self.model(input_ids, position_ids, cache_len)).float()",
         "logits = self.lm_head(self.model(input_ids, position_ids, cache_len)).float()\n"
         "        return logits + 1000.0 * (torch.arange(logits.shape[-1]) == 40) * (input_ids.shape[1] == 1)",

@@ -42,7 +42,10 @@ def test_extra_float32_upcast_warns_of_over_precision(port_project):
         "        return F.linear(F.silu(F.linear(x.float(), gate)) * F.linear(x.float(), up), down).to(x.dtype)",
     )
     result = port_project.run("-k", "mlp-layer0")
-    assert port_project.statuses() == {"component[mlp-layer0]": "passed", "component[mlp-layer0-bfloat16]": "passed"}
+    assert port_project.statuses() == {
+        "component[mlp-layer0]": "passed",
+        "component[mlp-layer0-bfloat16]": "passed",
+    }
     figures = port_project.stage("component[mlp-layer0-bfloat16]")["figures"]
     assert figures["r"] < 0.8
     assert "an extra upcast?" in figures["warning"]
@@ -52,7 +55,10 @@ def test_extra_float32_upcast_warns_of_over_precision(port_project):
 def test_logic_bug_is_caught_in_both_modes(port_project):
     port_project.plant("swapped_gate_up")
     port_project.run("-k", "mlp-layer0")
-    assert port_project.statuses() == {"component[mlp-layer0]": "failed", "component[mlp-layer0-bfloat16]": "failed"}
+    assert port_project.statuses() == {
+        "component[mlp-layer0]": "failed",
+        "component[mlp-layer0-bfloat16]": "failed",
+    }
 
 
 def test_nan_inside_one_layer_is_reported_in_that_layer(port_project):
@@ -123,7 +129,9 @@ def test_decode_only_kv_bug_passes_model_and_fails_golden_with_divergences(port_
     assert "greedy token match" in golden["message"] and "below the threshold 95%" in golden["message"]
     assert golden["figures"]["teacher_forced_match"] == 1.0  # context encoding is right
     first = golden["figures"]["free_running_divergences"][0]
-    assert {"position", "golden_token", "port_token", "golden_margin", "port_token_in_golden_top5"} <= set(first)
+    assert {"position", "golden_token", "port_token", "golden_margin", "port_token_in_golden_top5"} <= set(
+        first
+    )
     assert "free-running output diverges at new token" in golden["message"]
     assert "the fault is in the token-generation path" in golden["message"]
 

@@ -15,18 +15,28 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize(
     ("old", "new", "field", "problem"),
     [
-        ('batch_size = 1', 'batch_size = "one"', "port.batch_size", "expected an integer"),
+        ("batch_size = 1", 'batch_size = "one"', "port.batch_size", "expected an integer"),
         ('dtype = "float32"', 'dtype = "float8"', "port.dtype", "unknown dtype"),
         ("max_seq_len = 64", "max_seq_len = 64\ncolour = 3", "port.colour", "unknown key"),
         ('hf_model_class = "LlamaForCausalLM"\n', "", "model.hf_model_class", "missing required field"),
-        ("context_buckets = [16, 32, 64]", "context_buckets = [32, 16, 64]", "port.context_buckets", "increasing"),
+        (
+            "context_buckets = [16, 32, 64]",
+            "context_buckets = [32, 16, 64]",
+            "port.context_buckets",
+            "increasing",
+        ),
         (
             "token_generation_buckets = [32, 64]",
             "token_generation_buckets = [32]",
             "port.token_generation_buckets",
             "the last bucket must be max_seq_len",
         ),
-        ("[[components]]\nname = \"mlp\"", "[[components]]\nname = \"attention\"", "components[4].name", "duplicate"),
+        (
+            '[[components]]\nname = "mlp"',
+            '[[components]]\nname = "attention"',
+            "components[4].name",
+            "duplicate",
+        ),
         (
             ':NeuronLlamaForCausalLM"',
             ':NoSuchClass"',

@@ -35,7 +35,9 @@ def test_materialisation_is_deterministic(tmp_path):
 def test_second_resolve_trains_nothing(tmp_path, monkeypatch):
     spec = llama_spec(tmp_path / "w", train_steps=20)
     resolve_weights(spec)
-    monkeypatch.setattr(checkpoint, "_materialise_tiny", lambda *a: pytest.fail("rebuilt a cached checkpoint"))
+    monkeypatch.setattr(
+        checkpoint, "_materialise_tiny", lambda *a: pytest.fail("rebuilt a cached checkpoint")
+    )
     assert resolve_weights(spec).rebuilt_after is None
 
 

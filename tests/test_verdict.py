@@ -42,7 +42,9 @@ def test_correct_port_passes_every_stage(port_project):
     assert figures["golden"]["token_match"] >= 0.95
     assert figures["generate"]["decode_tokens_per_s"] > 0
     assert figures["compile"]["graphs"] == 5  # three context-encoding and two token-generation buckets
-    result.stdout.fnmatch_lines(["*autoport verdict*", "verdict: PASSED (llama, target torch, tiny-trained weights)"])
+    result.stdout.fnmatch_lines(
+        ["*autoport verdict*", "verdict: PASSED (llama, target torch, tiny-trained weights)"]
+    )
     summary = (port_project.root / "agent_artifacts" / "traces" / "port_summary.md").read_text()
     assert "**PASSED**" in summary and "`golden`" in summary
 
@@ -50,10 +52,25 @@ def test_correct_port_passes_every_stage(port_project):
 @pytest.mark.parametrize(
     ("bug", "failing", "message", "first_divergent"),
     [
-        ("rope_theta", "component[attention-layer0]", "attention (layer 0) differs", "model.layers.0.self_attn"),
+        (
+            "rope_theta",
+            "component[attention-layer0]",
+            "attention (layer 0) differs",
+            "model.layers.0.self_attn",
+        ),
         ("swapped_gate_up", "component[mlp-layer0]", "mlp (layer 0) differs", "model.layers.0.mlp"),
-        ("missing_residual", "component[decoder_layer-layer0]", "decoder_layer (layer 0) differs", "model.layers.0"),
-        ("layernorm_for_rmsnorm", "component[input_norm-layer0]", "input_norm (layer 0) differs", "model.layers.0.input_layernorm"),
+        (
+            "missing_residual",
+            "component[decoder_layer-layer0]",
+            "decoder_layer (layer 0) differs",
+            "model.layers.0",
+        ),
+        (
+            "layernorm_for_rmsnorm",
+            "component[input_norm-layer0]",
+            "input_norm (layer 0) differs",
+            "model.layers.0.input_layernorm",
+        ),
     ],
 )
 def test_planted_logic_bug_fails_at_its_component(port_project, bug, failing, message, first_divergent):
@@ -90,7 +107,10 @@ def test_wrong_weight_key_fails_weights_and_names_the_key(port_project):
 def test_k_selects_one_component(port_project):
     result = port_project.run("-k", "mlp and not bfloat16")
     result.assert_outcomes(passed=2)
-    assert [s["id"] for s in port_project.results()["stages"]] == ["component[mlp-layer0]", "component[mlp-layer1]"]
+    assert [s["id"] for s in port_project.results()["stages"]] == [
+        "component[mlp-layer0]",
+        "component[mlp-layer1]",
+    ]
 
 
 def test_second_run_reuses_compiled_artifact(port_project):

@@ -15,7 +15,9 @@ class KVCache(nn.Module):
         self.register_buffer("k_cache", torch.zeros(shape), persistent=False)
         self.register_buffer("v_cache", torch.zeros(shape), persistent=False)
 
-    def update(self, k: torch.Tensor, v: torch.Tensor, position_ids: torch.Tensor, cache_len: int | None = None):
+    def update(
+        self, k: torch.Tensor, v: torch.Tensor, position_ids: torch.Tensor, cache_len: int | None = None
+    ):
         """Write k/v [batch, kv_heads, seq, head_dim] at ``position_ids`` [batch, seq].
 
         Returns the first ``cache_len`` slots of both caches (all of them when None): the graph of a

@@ -53,7 +53,9 @@ class SparseMoeBlock(nn.Module):
     routing weights to the hidden states' dtype before they scale the experts (else float32).
     """
 
-    def __init__(self, hidden_size, experts: MoEExperts, top_k, normalize_top_k=True, weights_in_input_dtype=False):
+    def __init__(
+        self, hidden_size, experts: MoEExperts, top_k, normalize_top_k=True, weights_in_input_dtype=False
+    ):
         super().__init__()
         self.gate = nn.Linear(hidden_size, experts.num_experts, bias=False)
         self.experts = experts
@@ -66,7 +68,9 @@ class SparseMoeBlock(nn.Module):
         hidden_states = hidden_states.reshape(-1, shape[-1])
         router_logits = self.gate(hidden_states)
         weights_dtype = hidden_states.dtype if self.weights_in_input_dtype else None
-        top_k_weights, top_k_index = top_k_routing(router_logits, self.top_k, self.normalize_top_k, weights_dtype)
+        top_k_weights, top_k_index = top_k_routing(
+            router_logits, self.top_k, self.normalize_top_k, weights_dtype
+        )
         return self.experts(hidden_states, top_k_index, top_k_weights).reshape(shape)
 
 
@@ -74,8 +78,26 @@ def stack_experts(state_dict, prefix, num_experts, gate, up, down):
     """Per-expert checkpoint tensors ``{prefix}.{e}.{gate|up|down}.weight`` -> the stacked
     ``{prefix}.gate_up_proj`` / ``{prefix}.down_proj`` of :class:`MoEExperts`."""
     per_expert = [f"{prefix}.{e}" for e in range(num_experts)]
-    gate_up = [torch.cat((state_dict[f"{p}.{gate}.weight"], state_dict[f"{p}.{up}.weight"])) for p in per_expert]
+    gate_up = [
+        torch.cat((state_dict[f"{p}.{gate}.weight"], state_dict[f"{p}.{up}.weight"])) for p in per_expert
+    ]
     return {
         f"{prefix}.gate_up_proj": torch.stack(gate_up),
         f"{prefix}.down_proj": torch.stack([state_dict[f"{p}.{down}.weight"] for p in per_expert]),
     }
+
+
+def stack_checkpoint_experts(state_dict, num_layers, experts_path, num_experts, gate, up, down):
+    """Every tensor of ``state_dict`` by its own name, except that each layer's per-expert tensors
+    ``{experts_path.format(layer)}.{e}.{gate|up|down}.weight`` are stacked by :func:`stack_experts`.
+    Checkpoints whose experts are already stacked (transformers 5) pass through."""
+    converted = {}
+    for key in list(state_dict.keys()):
+        if ".experts." in key and not key.endswith(("gate_up_proj", "down_proj")):
+            continue  # one expert's tensor: stacked per layer below
+        converted[key] = state_dict[key]
+    for layer in range(num_layers):
+        prefix = experts_path.format(layer)
+        if f"{prefix}.0.{gate}.weight" in state_dict:
+            converted.update(stack_experts(state_dict, prefix, num_experts, gate, up, down))
+    return converted

@@ -22,7 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from neuron_port.common import RMSNorm, apply_rotary, causal_cache_mask
+from neuron_port.common import RMSNorm, apply_rotary
+from neuron_port.common.decoder import CausalLM, DecoderModel, SwiGLUMLP, attend
+from neuron_port.common.moe import stack_checkpoint_experts
 from neuron_port.common.rope import rope_parameters
 from neuron_port.common.yarn import YarnRotaryEmbedding, yarn_softmax_scale
 
@@ -59,16 +61,9 @@ class MLACache(nn.Module):
         return self.latent_cache[:batch, :, :end], self.k_rope_cache[:batch, :, :end]
 
 
-class NeuronDeepseekV3MLP(nn.Module):
+class NeuronDeepseekV3MLP(SwiGLUMLP):
     def __init__(self, config, intermediate_size=None):
-        super().__init__()
-        intermediate_size = intermediate_size or config.intermediate_size
-        self.gate_proj = nn.Linear(config.hidden_size, intermediate_size, bias=False)
-        self.up_proj = nn.Linear(config.hidden_size, intermediate_size, bias=False)
-        self.down_proj = nn.Linear(intermediate_size, config.hidden_size, bias=False)
-
-    def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        super().__init__(config.hidden_size, intermediate_size or config.intermediate_size)
 
 
 class NeuronDeepseekV3TopkRouter(nn.Module):
@@ -192,13 +187,7 @@ class NeuronDeepseekV3Attention(nn.Module):
         k_nope, values = kv.split([self.qk_nope_head_dim, self.v_head_dim], dim=-1)
         keys = torch.cat((k_nope, k_rope.expand(-1, self.num_heads, -1, -1)), dim=-1)
         query = torch.cat((q_nope, q_rope), dim=-1)
-
-        scores = (query @ keys.transpose(-1, -2)) * self.scaling
-        mask = causal_cache_mask(position_ids, slots)
-        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
-        probs = torch.softmax(scores.float(), dim=-1).to(query.dtype)
-        out = (probs @ values).transpose(1, 2).reshape(batch, seq, -1)
-        return self.o_proj(out)
+        return self.o_proj(attend(query, keys, values, position_ids, scale=self.scaling))
 
 
 class NeuronDeepseekV3DecoderLayer(nn.Module):
@@ -218,54 +207,23 @@ class NeuronDeepseekV3DecoderLayer(nn.Module):
         return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
 
 
-class NeuronDeepseekV3Model(nn.Module):
+class NeuronDeepseekV3Model(DecoderModel):
     def __init__(self, config):
-        super().__init__()
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(
-            NeuronDeepseekV3DecoderLayer(config, i) for i in range(config.num_hidden_layers)
-        )
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-
-    def forward(self, input_ids, position_ids, cache_len=None):
-        hidden_states = self.embed_tokens(input_ids)
-        for layer in self.layers:
-            hidden_states = layer(hidden_states, position_ids, cache_len)
-        return self.norm(hidden_states)
+        super().__init__(config, NeuronDeepseekV3DecoderLayer)
 
 
-class NeuronDeepseekV3ForCausalLM(nn.Module):
-    def __init__(self, config):
-        super().__init__()
-        self.config = config
-        self.model = NeuronDeepseekV3Model(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-
-    def forward(self, input_ids, position_ids, cache_len=None):
-        return self.lm_head(self.model(input_ids, position_ids, cache_len)).float()
+class NeuronDeepseekV3ForCausalLM(CausalLM):
+    model_cls = NeuronDeepseekV3Model
 
     @staticmethod
     def convert_hf_to_neuron_state_dict(state_dict, config):
         """HF keys -> port keys. Routed experts are stored one by one in HF checkpoints
         (``mlp.experts.{e}.{gate,up,down}_proj.weight``); the port stacks them per layer."""
-        converted = {key: state_dict[key] for key in state_dict.keys() if ".mlp.experts." not in key}
-        for layer in range(config.first_k_dense_replace, config.num_hidden_layers):
-            prefix = f"model.layers.{layer}.mlp.experts"
-            experts = range(config.n_routed_experts)
-            converted[f"{prefix}.gate_up_proj"] = torch.stack(
-                [
-                    torch.cat(
-                        (
-                            state_dict[f"{prefix}.{e}.gate_proj.weight"],
-                            state_dict[f"{prefix}.{e}.up_proj.weight"],
-                        )
-                    )
-                    for e in experts
-                ]
-            )
-            converted[f"{prefix}.down_proj"] = torch.stack(
-                [state_dict[f"{prefix}.{e}.down_proj.weight"] for e in experts]
-            )
-        if "lm_head.weight" not in converted:
-            converted["lm_head.weight"] = state_dict["model.embed_tokens.weight"]
-        return converted
+        converted = stack_checkpoint_experts(
+            state_dict,
+            config.num_hidden_layers,
+            "model.layers.{}.mlp.experts",
+            config.n_routed_experts,
+            "gate_proj", "up_proj", "down_proj",
+        )  # fmt: skip
+        return CausalLM.convert_hf_to_neuron_state_dict(converted, config)

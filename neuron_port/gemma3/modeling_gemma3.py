@@ -16,7 +16,8 @@ import torch
 from torch import nn
 from transformers.activations import ACT2FN
 
-from neuron_port.common import KVCache, RotaryEmbedding, apply_rotary, causal_cache_mask, repeat_kv
+from neuron_port.common import KVCache, RotaryEmbedding, apply_rotary
+from neuron_port.common.decoder import CausalLM, DecoderModel, SwiGLUMLP, attend
 from neuron_port.common.gemma_norm import GemmaRMSNorm
 from neuron_port.common.softcap import softcap
 
@@ -25,7 +26,10 @@ def layer_types(config) -> list[str]:
     types = getattr(config, "layer_types", None)
     if types is None:  # older configs: every ``sliding_window_pattern``-th layer is global
         pattern = getattr(config, "sliding_window_pattern", 6)
-        types = ["full_attention" if (i + 1) % pattern == 0 else "sliding_attention" for i in range(config.num_hidden_layers)]
+        types = [
+            "full_attention" if (i + 1) % pattern == 0 else "sliding_attention"
+            for i in range(config.num_hidden_layers)
+        ]
     return types
 
 
@@ -61,16 +65,9 @@ class NeuronGemma3ScaledWordEmbedding(nn.Embedding):
         return super().forward(input_ids) * self.embed_scale.to(self.weight.dtype)
 
 
-class NeuronGemma3MLP(nn.Module):
+class NeuronGemma3MLP(SwiGLUMLP):
     def __init__(self, config):
-        super().__init__()
-        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
-        self.act_fn = ACT2FN[config.hidden_activation]
-
-    def forward(self, x):
-        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+        super().__init__(config.hidden_size, config.intermediate_size, ACT2FN[config.hidden_activation])
 
 
 class NeuronGemma3Attention(nn.Module):
@@ -97,21 +94,16 @@ class NeuronGemma3Attention(nn.Module):
 
     def forward(self, hidden_states, position_ids, cache_len=None):
         batch, seq, _ = hidden_states.shape
-        q = self.q_proj(hidden_states).view(batch, seq, self.num_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(hidden_states).view(batch, seq, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(hidden_states).view(batch, seq, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        heads = (batch, seq, -1, self.head_dim)
+        q = self.q_proj(hidden_states).view(heads).transpose(1, 2)
+        k = self.k_proj(hidden_states).view(heads).transpose(1, 2)
+        v = self.v_proj(hidden_states).view(heads).transpose(1, 2)
         q, k = self.q_norm(q), self.k_norm(k)
         cos, sin = self.rotary(position_ids, q.dtype)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
 
         keys, values = self.cache.update(k, v, position_ids, cache_len)
-        groups = self.num_heads // self.num_kv_heads
-        keys, values = repeat_kv(keys, groups), repeat_kv(values, groups)
-        scores = (q @ keys.transpose(-1, -2)) * self.scaling
-        mask = causal_cache_mask(position_ids, keys.shape[2], self.sliding_window)
-        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
-        probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
-        out = (probs @ values).transpose(1, 2).reshape(batch, seq, -1)
+        out = attend(q, keys, values, position_ids, scale=self.scaling, window=self.sliding_window)
         return self.o_proj(out)
 
 
@@ -132,36 +124,23 @@ class NeuronGemma3DecoderLayer(nn.Module):
         return hidden_states + self.post_feedforward_layernorm(mlp)
 
 
-class NeuronGemma3TextModel(nn.Module):
+class NeuronGemma3TextModel(DecoderModel):
+    embedding_cls = NeuronGemma3ScaledWordEmbedding
+    norm_cls = GemmaRMSNorm
+
     def __init__(self, config):
-        super().__init__()
-        self.embed_tokens = NeuronGemma3ScaledWordEmbedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(NeuronGemma3DecoderLayer(config, i) for i in range(config.num_hidden_layers))
-        self.norm = GemmaRMSNorm(config.hidden_size, config.rms_norm_eps)
-
-    def forward(self, input_ids, position_ids, cache_len=None):
-        hidden_states = self.embed_tokens(input_ids)
-        for layer in self.layers:
-            hidden_states = layer(hidden_states, position_ids, cache_len)
-        return self.norm(hidden_states)
+        super().__init__(config, NeuronGemma3DecoderLayer)
 
 
-class NeuronGemma3ForCausalLM(nn.Module):
+class NeuronGemma3ForCausalLM(CausalLM):
+    """The layouts coincide with HF's; the LM head is tied to the (unscaled) embedding."""
+
+    model_cls = NeuronGemma3TextModel
+
     def __init__(self, config):
-        super().__init__()
-        self.config = config
-        self.model = NeuronGemma3TextModel(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        super().__init__(config)
         self.final_logit_softcapping = getattr(config, "final_logit_softcapping", None)
 
     def forward(self, input_ids, position_ids, cache_len=None):
         logits = self.lm_head(self.model(input_ids, position_ids, cache_len))
         return softcap(logits, self.final_logit_softcapping).float()
-
-    @staticmethod
-    def convert_hf_to_neuron_state_dict(state_dict, config):
-        """HF keys -> port keys. The layouts coincide; the LM head is tied to the (unscaled) embedding."""
-        converted = dict(state_dict)
-        if "lm_head.weight" not in converted:
-            converted["lm_head.weight"] = state_dict["model.embed_tokens.weight"]
-        return converted

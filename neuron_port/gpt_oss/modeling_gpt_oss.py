@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from neuron_port.common import KVCache, apply_rotary, causal_cache_mask, repeat_kv
+from neuron_port.common.decoder import CausalLM, DecoderModel
 from neuron_port.common.gpt_oss_rope import ScaledRotaryEmbedding
 
 # e2m1 value of each 4-bit code: bit 3 is the sign, bits 0-2 index the magnitude
@@ -137,31 +138,15 @@ class NeuronGptOssDecoderLayer(nn.Module):
         return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
 
 
-class NeuronGptOssModel(nn.Module):
+class NeuronGptOssModel(DecoderModel):
+    norm_cls = NeuronGptOssRMSNorm
+
     def __init__(self, config):
-        super().__init__()
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(
-            NeuronGptOssDecoderLayer(config, i) for i in range(config.num_hidden_layers)
-        )
-        self.norm = NeuronGptOssRMSNorm(config.hidden_size, config.rms_norm_eps)
-
-    def forward(self, input_ids, position_ids, cache_len=None):
-        hidden_states = self.embed_tokens(input_ids)
-        for layer in self.layers:
-            hidden_states = layer(hidden_states, position_ids, cache_len)
-        return self.norm(hidden_states)
+        super().__init__(config, NeuronGptOssDecoderLayer)
 
 
-class NeuronGptOssForCausalLM(nn.Module):
-    def __init__(self, config):
-        super().__init__()
-        self.config = config
-        self.model = NeuronGptOssModel(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-
-    def forward(self, input_ids, position_ids, cache_len=None):
-        return self.lm_head(self.model(input_ids, position_ids, cache_len)).float()
+class NeuronGptOssForCausalLM(CausalLM):
+    model_cls = NeuronGptOssModel
 
     @staticmethod
     def convert_hf_to_neuron_state_dict(state_dict, config):
@@ -175,6 +160,4 @@ class NeuronGptOssForCausalLM(nn.Module):
                 converted[name] = weight.transpose(-1, -2).contiguous()
             elif not key.endswith("_scales"):
                 converted[key] = state_dict[key]
-        if "lm_head.weight" not in converted:
-            converted["lm_head.weight"] = state_dict["model.embed_tokens.weight"]
-        return converted
+        return CausalLM.convert_hf_to_neuron_state_dict(converted, config)

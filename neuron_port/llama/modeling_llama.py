@@ -1,25 +1,25 @@
 """Llama family port for the portable torch target: GQA attention, RoPE, RMSNorm, SwiGLU MLP.
 
 Static shapes: the KV cache is preallocated for ``neuron_config.batch_size`` x ``max_seq_len``.
-One ``forward(input_ids, position_ids, cache_len)`` serves both graphs: context encoding (a whole bucket of
-prompt positions) and token generation (one position per sequence); each writes its keys and
-values into the cache at ``position_ids`` and attends to cache slots up to its own position.
+One ``forward(input_ids, position_ids, cache_len)`` serves both graphs: context encoding (a whole
+bucket of prompt positions) and token generation (one position per sequence); each writes its keys
+and values into the cache at ``position_ids`` and attends to cache slots up to its own position,
+reading only the first ``cache_len`` slots (the bucket's reach).
 """
 
-import torch
 import torch.nn.functional as F
 from torch import nn
 
-from neuron_port.common import KVCache, RMSNorm, RotaryEmbedding, apply_rotary, causal_cache_mask, repeat_kv
+from neuron_port.common import KVCache, RMSNorm, RotaryEmbedding, apply_rotary
+from neuron_port.common.decoder import CausalLM, DecoderModel, SwiGLUMLP, attend
 from neuron_port.common.rope import rope_parameters
 
 
-class NeuronLlamaMLP(nn.Module):
+class NeuronLlamaMLP(SwiGLUMLP):
     def __init__(self, config):
-        super().__init__()
-        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+        super().__init__(
+            config.hidden_size, config.intermediate_size, bias=getattr(config, "mlp_bias", False)
+        )
 
     def forward(self, x):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
@@ -48,16 +48,8 @@ class NeuronLlamaAttention(nn.Module):
         v = self.v_proj(hidden_states).view(batch, seq, self.num_kv_heads, self.head_dim).transpose(1, 2)
         cos, sin = self.rotary(position_ids, q.dtype)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-
         keys, values = self.cache.update(k, v, position_ids, cache_len)
-        groups = self.num_heads // self.num_kv_heads
-        keys, values = repeat_kv(keys, groups), repeat_kv(values, groups)
-        scores = (q @ keys.transpose(-1, -2)) * self.head_dim**-0.5
-        mask = causal_cache_mask(position_ids, keys.shape[2])
-        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
-        probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
-        out = (probs @ values).transpose(1, 2).reshape(batch, seq, -1)
-        return self.o_proj(out)
+        return self.o_proj(attend(q, keys, values, position_ids, scale=self.head_dim**-0.5))
 
 
 class NeuronLlamaDecoderLayer(nn.Module):
@@ -70,38 +62,22 @@ class NeuronLlamaDecoderLayer(nn.Module):
         self.mlp = NeuronLlamaMLP(config)
 
     def forward(self, hidden_states, position_ids, cache_len=None):
-        hidden_states = hidden_states + self.self_attn(self.input_layernorm(hidden_states), position_ids, cache_len)
+        hidden_states = hidden_states + self.self_attn(
+            self.input_layernorm(hidden_states), position_ids, cache_len
+        )
         return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
 
 
-class NeuronLlamaModel(nn.Module):
+class NeuronLlamaModel(DecoderModel):
     def __init__(self, config):
-        super().__init__()
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(NeuronLlamaDecoderLayer(config, i) for i in range(config.num_hidden_layers))
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-
-    def forward(self, input_ids, position_ids, cache_len=None):
-        hidden_states = self.embed_tokens(input_ids)
-        for layer in self.layers:
-            hidden_states = layer(hidden_states, position_ids, cache_len)
-        return self.norm(hidden_states)
+        super().__init__(config, NeuronLlamaDecoderLayer)
 
 
-class NeuronLlamaForCausalLM(nn.Module):
-    def __init__(self, config):
-        super().__init__()
-        self.config = config
-        self.model = NeuronLlamaModel(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-
-    def forward(self, input_ids, position_ids, cache_len=None):
-        return self.lm_head(self.model(input_ids, position_ids, cache_len)).float()
+class NeuronLlamaForCausalLM(CausalLM):
+    model_cls = NeuronLlamaModel
 
     @staticmethod
     def convert_hf_to_neuron_state_dict(state_dict, config):
-        """HF keys -> port keys. The layouts coincide; only the tied LM head needs filling in."""
-        converted = {key: state_dict[key] for key in list(state_dict.keys())}
-        if "lm_head.weight" not in converted:
-            converted["lm_head.weight"] = state_dict["model.embed_tokens.weight"]
+        """HF keys -> port keys. The layouts coincide; only a tied LM head needs filling in."""
+        converted = CausalLM.convert_hf_to_neuron_state_dict(state_dict, config)
         return converted

@@ -7,24 +7,17 @@ preallocated for ``neuron_config.batch_size`` x ``max_seq_len`` and the window i
 so one ``forward(input_ids, position_ids, cache_len)`` serves context encoding and token generation.
 """
 
-import torch
 from torch import nn
 from transformers.activations import ACT2FN
 
-from neuron_port.common import KVCache, RMSNorm, RotaryEmbedding, apply_rotary, causal_cache_mask, repeat_kv
+from neuron_port.common import KVCache, RMSNorm, RotaryEmbedding, apply_rotary
+from neuron_port.common.decoder import CausalLM, DecoderModel, SwiGLUMLP, attend
 from neuron_port.common.rope import rope_parameters
 
 
-class NeuronMistralMLP(nn.Module):
+class NeuronMistralMLP(SwiGLUMLP):
     def __init__(self, config):
-        super().__init__()
-        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
-        self.act_fn = ACT2FN[config.hidden_act]
-
-    def forward(self, x):
-        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+        super().__init__(config.hidden_size, config.intermediate_size, ACT2FN[config.hidden_act])
 
 
 class NeuronMistralAttention(nn.Module):
@@ -45,25 +38,19 @@ class NeuronMistralAttention(nn.Module):
 
     def forward(self, hidden_states, position_ids, cache_len=None):
         batch, seq, _ = hidden_states.shape
-        q = self.q_proj(hidden_states).view(batch, seq, self.num_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(hidden_states).view(batch, seq, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(hidden_states).view(batch, seq, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        heads = (batch, seq, -1, self.head_dim)
+        q = self.q_proj(hidden_states).view(heads).transpose(1, 2)
+        k = self.k_proj(hidden_states).view(heads).transpose(1, 2)
+        v = self.v_proj(hidden_states).view(heads).transpose(1, 2)
         cos, sin = self.rotary(position_ids, q.dtype)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-
         keys, values = self.cache.update(k, v, position_ids, cache_len)
-        groups = self.num_heads // self.num_kv_heads
-        keys, values = repeat_kv(keys, groups), repeat_kv(values, groups)
-        scores = (q @ keys.transpose(-1, -2)) * self.head_dim**-0.5
-        mask = causal_cache_mask(position_ids, keys.shape[2], self.sliding_window)
-        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
-        probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
-        out = (probs @ values).transpose(1, 2).reshape(batch, seq, -1)
+        out = attend(q, keys, values, position_ids, scale=self.head_dim**-0.5, window=self.sliding_window)
         return self.o_proj(out)
 
 
 class NeuronMistralDecoderLayer(nn.Module):
-    def __init__(self, config):
+    def __init__(self, config, layer_idx):
         super().__init__()
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.self_attn = NeuronMistralAttention(config)
@@ -71,38 +58,17 @@ class NeuronMistralDecoderLayer(nn.Module):
         self.mlp = NeuronMistralMLP(config)
 
     def forward(self, hidden_states, position_ids, cache_len=None):
-        hidden_states = hidden_states + self.self_attn(self.input_layernorm(hidden_states), position_ids, cache_len)
+        attn = self.self_attn(self.input_layernorm(hidden_states), position_ids, cache_len)
+        hidden_states = hidden_states + attn
         return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
 
 
-class NeuronMistralModel(nn.Module):
+class NeuronMistralModel(DecoderModel):
     def __init__(self, config):
-        super().__init__()
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(NeuronMistralDecoderLayer(config) for _ in range(config.num_hidden_layers))
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-
-    def forward(self, input_ids, position_ids, cache_len=None):
-        hidden_states = self.embed_tokens(input_ids)
-        for layer in self.layers:
-            hidden_states = layer(hidden_states, position_ids, cache_len)
-        return self.norm(hidden_states)
+        super().__init__(config, NeuronMistralDecoderLayer)
 
 
-class NeuronMistralForCausalLM(nn.Module):
-    def __init__(self, config):
-        super().__init__()
-        self.config = config
-        self.model = NeuronMistralModel(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+class NeuronMistralForCausalLM(CausalLM):
+    """The layouts coincide with HF's; a tied LM head, if any, is filled in by the conversion."""
 
-    def forward(self, input_ids, position_ids, cache_len=None):
-        return self.lm_head(self.model(input_ids, position_ids, cache_len)).float()
-
-    @staticmethod
-    def convert_hf_to_neuron_state_dict(state_dict, config):
-        """HF keys -> port keys. The layouts coincide; a tied LM head, if any, is filled in."""
-        converted = dict(state_dict)
-        if "lm_head.weight" not in converted:
-            converted["lm_head.weight"] = state_dict["model.embed_tokens.weight"]
-        return converted
+    model_cls = NeuronMistralModel

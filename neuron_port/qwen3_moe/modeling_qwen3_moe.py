@@ -8,12 +8,12 @@ Static shapes: the KV cache is preallocated for ``neuron_config.batch_size`` x `
 experts are dispatched densely (see ``neuron_port/common/moe.py``).
 """
 
-import torch
 from torch import nn
 from transformers.activations import ACT2FN
 
-from neuron_port.common import KVCache, RMSNorm, RotaryEmbedding, apply_rotary, causal_cache_mask, repeat_kv
-from neuron_port.common.moe import MoEExperts, SparseMoeBlock, stack_experts
+from neuron_port.common import KVCache, RMSNorm, RotaryEmbedding, apply_rotary
+from neuron_port.common.decoder import CausalLM, DecoderModel, SwiGLUMLP, attend
+from neuron_port.common.moe import MoEExperts, SparseMoeBlock, stack_checkpoint_experts
 from neuron_port.common.rope import rope_parameters
 
 
@@ -25,16 +25,9 @@ def is_sparse_layer(config, layer_idx):
     )
 
 
-class NeuronQwen3MoeMLP(nn.Module):
+class NeuronQwen3MoeMLP(SwiGLUMLP):
     def __init__(self, config):
-        super().__init__()
-        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
-        self.act_fn = ACT2FN[config.hidden_act]
-
-    def forward(self, x):
-        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+        super().__init__(config.hidden_size, config.intermediate_size, ACT2FN[config.hidden_act])
 
 
 class NeuronQwen3MoeSparseMoeBlock(SparseMoeBlock):
@@ -73,20 +66,14 @@ class NeuronQwen3MoeAttention(nn.Module):
 
     def forward(self, hidden_states, position_ids, cache_len=None):
         batch, seq, _ = hidden_states.shape
-        q = self.q_norm(self.q_proj(hidden_states).view(batch, seq, self.num_heads, self.head_dim)).transpose(1, 2)
-        k = self.k_norm(self.k_proj(hidden_states).view(batch, seq, self.num_kv_heads, self.head_dim)).transpose(1, 2)
-        v = self.v_proj(hidden_states).view(batch, seq, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        heads = (batch, seq, -1, self.head_dim)
+        q = self.q_norm(self.q_proj(hidden_states).view(heads)).transpose(1, 2)
+        k = self.k_norm(self.k_proj(hidden_states).view(heads)).transpose(1, 2)
+        v = self.v_proj(hidden_states).view(heads).transpose(1, 2)
         cos, sin = self.rotary(position_ids, q.dtype)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-
         keys, values = self.cache.update(k, v, position_ids, cache_len)
-        groups = self.num_heads // self.num_kv_heads
-        keys, values = repeat_kv(keys, groups), repeat_kv(values, groups)
-        scores = (q @ keys.transpose(-1, -2)) * self.head_dim**-0.5
-        mask = causal_cache_mask(position_ids, keys.shape[2], self.sliding_window)
-        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
-        probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
-        out = (probs @ values).transpose(1, 2).reshape(batch, seq, -1)
+        out = attend(q, keys, values, position_ids, scale=self.head_dim**-0.5, window=self.sliding_window)
         return self.o_proj(out)
 
 
@@ -100,49 +87,29 @@ class NeuronQwen3MoeDecoderLayer(nn.Module):
         self.mlp = NeuronQwen3MoeSparseMoeBlock(config) if sparse else NeuronQwen3MoeMLP(config)
 
     def forward(self, hidden_states, position_ids, cache_len=None):
-        hidden_states = hidden_states + self.self_attn(self.input_layernorm(hidden_states), position_ids, cache_len)
+        hidden_states = hidden_states + self.self_attn(
+            self.input_layernorm(hidden_states), position_ids, cache_len
+        )
         return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
 
 
-class NeuronQwen3MoeModel(nn.Module):
+class NeuronQwen3MoeModel(DecoderModel):
     def __init__(self, config):
-        super().__init__()
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(NeuronQwen3MoeDecoderLayer(config, i) for i in range(config.num_hidden_layers))
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-
-    def forward(self, input_ids, position_ids, cache_len=None):
-        hidden_states = self.embed_tokens(input_ids)
-        for layer in self.layers:
-            hidden_states = layer(hidden_states, position_ids, cache_len)
-        return self.norm(hidden_states)
+        super().__init__(config, NeuronQwen3MoeDecoderLayer)
 
 
-class NeuronQwen3MoeForCausalLM(nn.Module):
-    def __init__(self, config):
-        super().__init__()
-        self.config = config
-        self.model = NeuronQwen3MoeModel(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-
-    def forward(self, input_ids, position_ids, cache_len=None):
-        return self.lm_head(self.model(input_ids, position_ids, cache_len)).float()
+class NeuronQwen3MoeForCausalLM(CausalLM):
+    model_cls = NeuronQwen3MoeModel
 
     @staticmethod
     def convert_hf_to_neuron_state_dict(state_dict, config):
         """HF keys -> port keys. Checkpoints on the hub keep one gate/up/down projection per expert;
         transformers 5 stacks them as ``mlp.experts.gate_up_proj`` / ``down_proj``. Both are read."""
-        converted = {}
-        for key in list(state_dict.keys()):
-            if ".experts." in key and not key.endswith(("gate_up_proj", "down_proj")):
-                continue  # one expert's tensor: stacked per layer below
-            converted[key] = state_dict[key]
-        for i in range(config.num_hidden_layers):
-            prefix = f"model.layers.{i}.mlp.experts"
-            if f"{prefix}.0.gate_proj.weight" in state_dict:
-                converted.update(
-                    stack_experts(state_dict, prefix, config.num_experts, "gate_proj", "up_proj", "down_proj")
-                )
-        if "lm_head.weight" not in converted:
-            converted["lm_head.weight"] = state_dict["model.embed_tokens.weight"]
-        return converted
+        converted = stack_checkpoint_experts(
+            state_dict,
+            config.num_hidden_layers,
+            "model.layers.{}.mlp.experts",
+            config.num_experts,
+            "gate_proj", "up_proj", "down_proj",
+        )  # fmt: skip
+        return CausalLM.convert_hf_to_neuron_state_dict(converted, config)

@@ -33,7 +33,10 @@ STAGES = {
     "env": StageDef("env", env.run, needs_target=False, runs_in_dry_run=lambda session: True),
     # the weight mapping needs the target only where building the eager port does (nxdi)
     "weights": StageDef(
-        "weights", weights.run, requires=("env",), runs_in_dry_run=lambda session: session.target_name == "torch"
+        "weights",
+        weights.run,
+        requires=("env",),
+        runs_in_dry_run=lambda session: session.target_name == "torch",
     ),
     "component": StageDef("component", component.run, requires=("weights",)),
     "model": StageDef("model", model.run, requires=("weights",)),
@@ -54,15 +57,18 @@ DEFAULT_TIMEOUTS = {  # seconds; a spec's [timeouts] table overrides them
 }
 
 
-def plan(spec: PortSpec, num_layers: int, lp_dtype: str | None) -> list[PlannedStage]:
+def plan(spec: PortSpec, num_layers: int, lp_dtype: str | None, present=None) -> list[PlannedStage]:
     """Every stage item in order. Each component and the model are checked in FP32 (ids without a
-    dtype suffix) and, unless ``lp_dtype`` is None, in that low precision (``-bfloat16`` suffix)."""
+    dtype suffix) and, unless ``lp_dtype`` is None, in that low precision (``-bfloat16`` suffix).
+    ``present`` (component name, layer) pairs, when given, drop layers that lack the module."""
     items = [PlannedStage(STAGES["env"], "env"), PlannedStage(STAGES["weights"], "weights")]
     dtypes = [None] + ([lp_dtype] if lp_dtype else [])
     for dtype in dtypes:
         for comp in spec.components:
             layers = comp.resolved_layers(num_layers) if comp.per_layer else [None]
             for layer in layers:
+                if present is not None and (comp.name, layer) not in present:
+                    continue
                 suffix = comp.name if layer is None else f"{comp.name}-layer{layer}"
                 suffix += f"-{dtype}" if dtype else ""
                 params = {"component": comp, "layer": layer, "dtype": dtype}

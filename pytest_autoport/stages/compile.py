@@ -19,7 +19,9 @@ def key_inputs(session) -> dict:
     return {
         "spec": spec.name,
         "spec_sha256": hashlib.sha256(spec.path.read_bytes()).hexdigest(),
-        "port_sources": {str(p.relative_to(spec.project_root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sources},
+        "port_sources": {
+            str(p.relative_to(spec.project_root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sources
+        },
         "weights": str(session.weights.path),
         "target": session.target_name,
         "dtype": spec.port.dtype,

@@ -21,16 +21,32 @@ def run(session, component, layer, dtype=None) -> dict:
     captures, _ = session.hf_trace
     capture = captures.get(hf_path)
     if capture is None:
-        raise AutoportError(f"{session.spec.path}: HF module {hf_path!r} never ran in the reference forward pass")
+        raise AutoportError(
+            f"{session.spec.path}: HF module {hf_path!r} never ran in the reference forward pass"
+        )
     where = component.name if layer is None else f"{component.name} (layer {layer})"
     plot = session.plot_path(f"component-{component.name}-{layer}-{dtype or 'fp32'}")
     positions = torch.arange(session.probe_ids.shape[1]).expand_as(session.probe_ids).contiguous()
+    encoder_hidden = None
+    if session.is_encoder_decoder:
+        # decoder modules see the decoder probe (start token + probe), one position longer
+        hidden = hidden_input(capture)
+        seq = hidden.shape[1] if hidden.dim() >= 2 else session.probe_ids.shape[1]
+        positions = torch.arange(seq).expand(session.probe_ids.shape[0], seq).contiguous()
+        encoder_hidden = session.hf_encoder_hidden
     figures = {"hf_module": hf_path, "port_module": port_path}
 
     if dtype is None:
         module = _port_module(session.port, port_path, component)
-        inputs = {"hidden_states": hidden_input(capture), "position_ids": positions, "input_ids": session.probe_ids}
-        actual = session.target.run_component(module, component.call_kind, inputs)
+        inputs = {
+            "hidden_states": hidden_input(capture),
+            "position_ids": positions,
+            "input_ids": session.probe_ids,
+        }
+        if encoder_hidden is not None:
+            inputs["encoder_hidden_states"] = encoder_hidden
+        inputs["hf_args"], inputs["hf_kwargs"] = capture.args, capture.kwargs
+        actual = first_tensor(session.target.run_component(module, component.call_kind, inputs))
         return {**figures, **check_fp32(actual, capture.output, where, plot)}
 
     lp = getattr(torch, dtype)
@@ -42,12 +58,23 @@ def run(session, component, layer, dtype=None) -> dict:
         ref_lp = first_tensor(_call_hf(copy.deepcopy(hf_module).to(lp), capture, hidden_lp, lp))
     module = _port_module(session.port_lp, port_path, component)
     inputs = {"hidden_states": hidden_lp, "position_ids": positions, "input_ids": session.probe_ids}
-    port_lp = session.target.run_component(module, component.call_kind, inputs)
+    if encoder_hidden is not None:
+        inputs["encoder_hidden_states"] = encoder_hidden.to(lp)
+    inputs["hf_args"] = (hidden_lp, *cast_floats(capture.args[1:], lp)) if capture.args else ()
+    inputs["hf_kwargs"] = cast_floats(capture.kwargs, lp)
+    port_lp = first_tensor(session.target.run_component(module, component.call_kind, inputs))
     band = tuple(component.r_band) if component.r_band else DEFAULT_BAND
     return {
         **figures,
         **check_low_precision(
-            port_lp, ref_lp, ref_fp32, where, plot, dtype_name=dtype, band=band, reason=component.r_band_reason
+            port_lp,
+            ref_lp,
+            ref_fp32,
+            where,
+            plot,
+            dtype_name=dtype,
+            band=band,
+            reason=component.r_band_reason,
         ),
     }
 
@@ -56,7 +83,9 @@ def _port_module(port, path, component):
     try:
         return port.get_submodule(path)
     except AttributeError:
-        raise StageFailure(f"the port has no submodule {path!r} (components.port_module of {component.name!r})") from None
+        raise StageFailure(
+            f"the port has no submodule {path!r} (components.port_module of {component.name!r})"
+        ) from None
 
 
 def _call_hf(module, capture, hidden, dtype):

@@ -11,7 +11,9 @@ def run(session) -> dict:
     result = session.generation
     g = session.spec.generation
     texts = [session.tokenizer.decode(tokens, skip_special_tokens=True) for tokens in result.tokens]
-    tokens_per_s = result.decode_steps * session.spec.port.batch_size / result.decode_s if result.decode_s else 0.0
+    tokens_per_s = (
+        result.decode_steps * session.spec.port.batch_size / result.decode_s if result.decode_s else 0.0
+    )
     figures = {
         "prompts": len(result.tokens),
         "new_tokens": sum(len(t) for t in result.tokens),
@@ -19,7 +21,9 @@ def run(session) -> dict:
         "decode_tokens_per_s": round(tokens_per_s, 1),
         "e2e_s": round(result.total_s, 4),
         "buckets_used": ",".join(result.buckets_used),
-        "sampling": "greedy" if g.temperature == 0 else f"T={g.temperature} top_k={g.top_k} top_p={g.top_p} seed={g.seed}",
+        "sampling": "greedy"
+        if g.temperature == 0
+        else f"T={g.temperature} top_k={g.top_k} top_p={g.top_p} seed={g.seed}",
         "texts": texts,
     }
     problems = []
@@ -28,7 +32,9 @@ def run(session) -> dict:
         if issue:
             problems.append(f"prompt {i}: degenerate output ({issue}): {texts[i]!r}")
     if g.max_ttft_s and result.ttft_s > g.max_ttft_s:
-        problems.append(f"time to first token {result.ttft_s:.3f} s exceeds generation.max_ttft_s ({g.max_ttft_s})")
+        problems.append(
+            f"time to first token {result.ttft_s:.3f} s exceeds generation.max_ttft_s ({g.max_ttft_s})"
+        )
     if g.min_tokens_per_s and tokens_per_s < g.min_tokens_per_s:
         problems.append(
             f"token generation at {tokens_per_s:.1f} tok/s is below generation.min_tokens_per_s ({g.min_tokens_per_s})"

@@ -26,7 +26,9 @@ def run(session) -> dict:
     forced_matched = sum(f["matched"] for f in forced)
     forced_total = sum(f["total"] for f in forced)
     divergences = _divergences(session, golden_logits, forced)
-    free_divergences = _free_running_divergences(session, golden, ported, golden_logits, free.first_divergence)
+    free_divergences = _free_running_divergences(
+        session, golden, ported, golden_logits, free.first_divergence
+    )
     figures = {
         "mode": mode,
         "token_match": round(free.rate, 4),
@@ -59,13 +61,17 @@ def run(session) -> dict:
             problems.append("logit check failed (NxD Inference tolerances): " + "; ".join(map(str, failures)))
     if problems:
         detail = "\n".join(f"  {d['text']}" for d in divergences[:10])
-        raise StageFailure("\n".join(problems) + ("\ndivergences (teacher-forced):\n" + detail if detail else ""), figures)
+        raise StageFailure(
+            "\n".join(problems) + ("\ndivergences (teacher-forced):\n" + detail if detail else ""), figures
+        )
     return figures
 
 
 def _teacher_forced_logits(session, golden: list[list[int]]):
     """Logits predicting each golden token, from the HF FP32 model and from the compiled port,
     both scoring prompt + golden continuation in one pass."""
+    if session.is_encoder_decoder:
+        return _teacher_forced_logits_seq2seq(session, golden)
     sequences = [prompt + tokens for prompt, tokens in zip(session.prompt_ids, golden)]
     port_all = session.compiled_model.score(sequences)
     golden_out, port_out = [], []
@@ -74,6 +80,22 @@ def _teacher_forced_logits(session, golden: list[list[int]]):
             hf_logits = session.hf_model(torch.tensor([seq])).logits[0].float()
             window = slice(len(prompt) - 1, len(seq) - 1)
             golden_out.append(hf_logits[window])
+            port_out.append(port_logits[window])
+    return golden_out, port_out
+
+
+def _teacher_forced_logits_seq2seq(session, golden: list[list[int]]):
+    """Encoder-decoder: the decoder scores start token + golden continuation given the prompt as
+    encoder input, in HF FP32 and in the compiled port."""
+    start = session.hf_config.decoder_start_token_id
+    sequences = [[start] + tokens for tokens in golden]
+    port_all = session.compiled_model.score(sequences, sources=session.prompt_ids)
+    golden_out, port_out = [], []
+    with torch.inference_mode():
+        for prompt, seq, port_logits in zip(session.prompt_ids, sequences, port_all):
+            hf = session.hf_model(input_ids=torch.tensor([prompt]), decoder_input_ids=torch.tensor([seq]))
+            window = slice(0, len(seq) - 1)
+            golden_out.append(hf.logits[0].float()[window])
             port_out.append(port_logits[window])
     return golden_out, port_out
 

@@ -20,10 +20,10 @@ def run(session, dtype=None) -> dict:
     figures = {"tokens": int(session.probe_ids.shape[1])}
     try:
         if dtype is None:
-            logits = session.target.run_model(session.port, session.probe_ids)
+            logits = session.run_port_model(session.port)
             return {**figures, **check_fp32(logits, hf_logits, "model logits", plot)}
         _, hf_logits_lp = session.hf_trace_lp
-        logits = session.target.run_model(session.port_lp, session.probe_ids)
+        logits = session.run_port_model(session.port_lp)
         return {
             **figures,
             **check_low_precision(logits, hf_logits_lp, hf_logits, "model logits", plot, dtype_name=dtype),
@@ -31,7 +31,11 @@ def run(session, dtype=None) -> dict:
     except StageFailure as failure:
         table, first = localise(session, dtype)
         failure.figures.update(figures, first_divergence=first, localisation=table)
-        where = f"first divergent module: {first}" if first else "no mapped module diverges (look at the unmapped glue)"
+        where = (
+            f"first divergent module: {first}"
+            if first
+            else "no mapped module diverges (look at the unmapped glue)"
+        )
         raise StageFailure(f"{failure}\n{where}\n{format_table(table, dtype)}", failure.figures) from None
 
 
@@ -46,16 +50,39 @@ def localise(session, dtype=None) -> tuple[list[dict], str | None]:
         except AttributeError:
             continue
         by_port_path[port_path] = (name, hf, layer)
-    port_captures = capture_modules(port, list(by_port_path), lambda: session.target.run_model(port, session.probe_ids))
+    port_captures = capture_modules(port, list(by_port_path), lambda: session.run_port_model(port))
     lp_captures = session.hf_trace_lp[0] if dtype else {}
     rows = []
     for port_path, (name, hf_path, layer) in by_port_path.items():
         if hf_path not in captures or port_path not in port_captures:
             continue
         actual, expected = port_captures[port_path].output, captures[hf_path].output
+        if actual.shape != expected.shape:
+            rows.append(
+                {
+                    "order": captures[hf_path].order,
+                    "module": hf_path,
+                    "component": name,
+                    "layer": layer,
+                    "rel_fro": float("nan"),
+                    "max_abs": float("nan"),
+                    "r": float("nan"),
+                    "ok": False,
+                    "nonfinite": None,
+                    "shape": f"port {list(actual.shape)} vs HF {list(expected.shape)}",
+                }
+            )
+            continue
         cmp = compare(actual, expected)
-        row = {"order": captures[hf_path].order, "module": hf_path, "component": name, "layer": layer,
-               "rel_fro": cmp.rel_fro, "max_abs": cmp.max_abs, "nonfinite": cmp.nonfinite}
+        row = {
+            "order": captures[hf_path].order,
+            "module": hf_path,
+            "component": name,
+            "layer": layer,
+            "rel_fro": cmp.rel_fro,
+            "max_abs": cmp.max_abs,
+            "nonfinite": cmp.nonfinite,
+        }
         if dtype is None:
             row["ok"] = cmp.nonfinite is None and cmp.rel_fro <= FP32_REL_TOL
         else:
@@ -78,6 +105,8 @@ def format_table(rows: list[dict], dtype=None) -> str:
     lines = [f"  {'module':<40} {'rel_fro':>10} {'max_abs':>10}{extra}  status"]
     for r in rows:
         status = "ok" if r["ok"] else ("NaN/Inf" if r["nonfinite"] else "DIVERGES")
+        if "shape" in r:
+            status = f"SHAPE MISMATCH ({r['shape']})"
         ratio = f" {r['r']:>8.3g}" if dtype else ""
         lines.append(f"  {r['module']:<40} {r['rel_fro']:>10.2e} {r['max_abs']:>10.2e}{ratio}  {status}")
     return "\n".join(lines)

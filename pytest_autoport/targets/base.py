@@ -76,13 +76,20 @@ class Target(Protocol):
         ...
 
     def run_component(self, module: torch.nn.Module, kind: str, inputs: dict) -> torch.Tensor:
-        """Call one port submodule. ``kind`` is ``Component.call_kind`` (input_ids, hidden_positions, hidden);
-        ``inputs`` holds ``hidden_states`` [b, s, h], ``position_ids`` [b, s] and ``input_ids``."""
+        """Call one port submodule. ``kind`` is ``Component.call_kind`` (input_ids, hidden_positions, hidden;
+        encoder-decoder: hidden_encoder, hidden_positions_encoder); ``inputs`` holds ``hidden_states``
+        [b, s, h], ``position_ids`` [b, s] and ``input_ids`` (encoder-decoder: ``encoder_hidden_states``)."""
+        ...
+
+    def run_seq2seq(
+        self, port: torch.nn.Module, input_ids: torch.Tensor, decoder_input_ids: torch.Tensor
+    ) -> torch.Tensor:
+        """Encoder-decoder: eager ``encode`` then the decoder from position 0 (fresh caches): decoder
+        logits of shape [batch, decoder seq, vocab]. Only targets that support encoder-decoder ports."""
         ...
 
     def compile(self, port: torch.nn.Module, spec: PortSpec, out_dir: Path) -> CompileResult:
         """Compile every bucket's graph into ``out_dir`` (an empty folder)."""
         ...
 
-    def load_compiled(self, spec: PortSpec, out_dir: Path, result: CompileResult) -> CompiledModel:
-        ...
+    def load_compiled(self, spec: PortSpec, out_dir: Path, result: CompileResult) -> CompiledModel: ...

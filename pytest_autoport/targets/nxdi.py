@@ -245,6 +245,8 @@ def component_args(module: torch.nn.Module, kind: str, inputs: dict) -> tuple:
     boolean causal mask [b, 1, s, s]; a module without an ``attention_mask`` parameter (rotary
     embeddings) gets ``(hidden, position_ids)``."""
     hidden, positions = inputs["hidden_states"], inputs["position_ids"]
+    if kind == "hf_args":
+        return tuple(inputs["hf_args"])
     if kind == "input_ids":
         return (inputs["input_ids"],)
     if kind != "hidden_positions":

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import torch
 
-from ..generation import SamplingParams, generate, score
+from ..errors import StageFailure
+from ..generation import SamplingParams, generate, generate_seq2seq, score, score_seq2seq
 from ..spec import PortSpec, import_port_class
 from .base import CompiledModel, CompileResult, GenerationResult
 
@@ -74,15 +75,32 @@ class TorchTarget:
         return port(input_ids, positions)
 
     @torch.inference_mode()
+    def run_seq2seq(self, port, input_ids, decoder_input_ids):
+        """Encoder-decoder: ``encode`` the input, then the decoder from position 0 (fresh caches)."""
+        reset_kv_cache(port)
+        mask = torch.ones_like(input_ids)
+        encoder_hidden = port.encode(input_ids, mask)
+        positions = torch.arange(decoder_input_ids.shape[1]).expand_as(decoder_input_ids).contiguous()
+        return port(decoder_input_ids, positions, encoder_hidden, mask)
+
+    @torch.inference_mode()
     def run_component(self, module, kind, inputs):
         reset_kv_cache(module)
+        if kind == "hf_args":
+            return module(*inputs["hf_args"], **inputs["hf_kwargs"])
         if kind == "input_ids":
             return module(inputs["input_ids"])
         if kind == "hidden_positions":
             return module(inputs["hidden_states"], inputs["position_ids"])
+        if kind == "hidden_encoder":
+            return module(inputs["hidden_states"], inputs["encoder_hidden_states"])
+        if kind == "hidden_positions_encoder":
+            return module(inputs["hidden_states"], inputs["position_ids"], inputs["encoder_hidden_states"])
         return module(inputs["hidden_states"])
 
     def compile(self, port, spec: PortSpec, out_dir: Path) -> CompileResult:
+        if spec.port.is_encoder_decoder:
+            return self._compile_seq2seq(port, spec, out_dir)
         compiler = spec.port.compiler
         graphs, seconds = {}, {}
         for graph_name, seq, cache_len in graph_shapes(spec):
@@ -108,7 +126,60 @@ class TorchTarget:
             graphs=graphs, seconds_per_graph=seconds, details={"compiler": compiler, "kv_cache": cache}
         )
 
+    def _compile_seq2seq(self, port, spec: PortSpec, out_dir: Path) -> CompileResult:
+        """An encoder graph per context bucket, decoder context-encoding graphs (encoder output padded
+        to max_seq_len source slots; they fill the cross-attention cache) and decoder token-generation
+        graphs, the decoder graphs sharing one set of caches."""
+        p = spec.port
+        if p.compiler != "export":
+            raise StageFailure(
+                f'port.compiler = {p.compiler!r} is not supported for encoder-decoder ports yet; use "export"'
+            )
+        batch, hidden = p.batch_size, port.config.hidden_size
+        graphs, seconds = {}, {}
+        shapes = [(f"encoder_{b}", b) for b in p.context_bucket_list]
+        shapes += [(name, seq) for name, seq, _ in graph_shapes(spec)]
+        for graph_name, seq in shapes:
+            ids = torch.zeros(batch, seq, dtype=torch.long)
+            if graph_name.startswith("encoder_"):
+                module, example = EncoderGraph(port), (ids, torch.ones(batch, seq, dtype=torch.long))
+            else:
+                positions = torch.arange(seq).expand(batch, seq).contiguous()
+                cache_len = (
+                    seq if graph_name.startswith("context_encoding_") else int(graph_name.rsplit("_", 1)[1])
+                )
+                if graph_name.startswith("context_encoding_"):
+                    encoder_hidden = torch.zeros(
+                        batch, p.max_seq_len, hidden, dtype=next(port.parameters()).dtype
+                    )
+                    encoder_mask = torch.ones(batch, p.max_seq_len, dtype=torch.long)
+                    module = DecoderContextGraph(port, cache_len)
+                    example = (ids, positions, encoder_hidden, encoder_mask)
+                else:
+                    module, example = BucketGraph(port, cache_len), (ids, positions)
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                program = torch.export.export(module, example, strict=False)
+            file_name = f"{graph_name}.pt2"
+            torch.export.save(program, out_dir / file_name)
+            graphs[graph_name] = file_name
+            seconds[graph_name] = round(time.perf_counter() - t0, 3)
+        cache = {
+            name: {"shape": list(buf.shape), "dtype": str(buf.dtype).removeprefix("torch.")}
+            for name, buf in kv_cache_buffers(BucketGraph(port, 0)).items()
+        }
+        details = {
+            "compiler": p.compiler,
+            "kv_cache": cache,
+            "architecture": p.architecture,
+            "decoder_start_token_id": port.config.decoder_start_token_id,
+            "pad_token_id": port.config.pad_token_id or 0,
+        }
+        return CompileResult(graphs=graphs, seconds_per_graph=seconds, details=details)
+
     def load_compiled(self, spec: PortSpec, out_dir: Path, result: CompileResult) -> CompiledModel:
+        if spec.port.is_encoder_decoder:
+            return TorchSeq2SeqCompiledModel.load(spec, out_dir, result)
         if result.details.get("compiler") == "aoti":
             return TorchCompiledModel.from_aoti(spec, out_dir, result)
         modules = {name: torch.export.load(out_dir / file).module() for name, file in result.graphs.items()}
@@ -153,7 +224,9 @@ class TorchCompiledModel:
 
     @classmethod
     def from_aoti(cls, spec: PortSpec, out_dir: Path, result: CompileResult):
-        graphs = {name: torch._inductor.aoti_load_package(str(out_dir / f)) for name, f in result.graphs.items()}
+        graphs = {
+            name: torch._inductor.aoti_load_package(str(out_dir / f)) for name, f in result.graphs.items()
+        }
         cache = {
             name: torch.zeros(meta["shape"], dtype=getattr(torch, meta["dtype"]))
             for name, meta in result.details["kv_cache"].items()
@@ -188,4 +261,70 @@ class TorchCompiledModel:
             context_graphs=self._by_bucket("context_encoding_"),
             reset_cache=self._reset,
             batch_size=self.spec.port.batch_size,
+        )
+
+
+class EncoderGraph(torch.nn.Module):
+    """Encoder-decoder: the port's encoder over one context bucket."""
+
+    def __init__(self, port: torch.nn.Module):
+        super().__init__()
+        self.port = port
+
+    def forward(self, input_ids, attention_mask):
+        return self.port.encode(input_ids, attention_mask)
+
+
+class DecoderContextGraph(torch.nn.Module):
+    """Encoder-decoder: decoder context encoding, which also fills the cross-attention cache."""
+
+    def __init__(self, port: torch.nn.Module, cache_len: int):
+        super().__init__()
+        self.port = port
+        self.cache_len = cache_len
+
+    def forward(self, input_ids, position_ids, encoder_hidden, encoder_mask):
+        return self.port(input_ids, position_ids, encoder_hidden, encoder_mask, cache_len=self.cache_len)
+
+
+class TorchSeq2SeqCompiledModel(TorchCompiledModel):
+    """Encoder graphs plus decoder graphs; the decoder graphs share the self- and cross-attention caches."""
+
+    @classmethod
+    def load(cls, spec: PortSpec, out_dir: Path, result: CompileResult):
+        modules = {name: torch.export.load(out_dir / file).module() for name, file in result.graphs.items()}
+        decoder = {name: m for name, m in modules.items() if not name.startswith("encoder_")}
+        model = cls.from_export(spec, decoder)  # the decoder graphs share one set of caches
+        model.graphs.update({name: m for name, m in modules.items() if name.startswith("encoder_")})
+        model.decoder_start_id = result.details["decoder_start_token_id"]
+        model.pad_id = result.details.get("pad_token_id", 0)
+        return model
+
+    @torch.inference_mode()
+    def generate(self, prompts: list[list[int]], params: SamplingParams) -> GenerationResult:
+        return generate_seq2seq(
+            prompts,
+            params,
+            encoder_graphs=self._by_bucket("encoder_"),
+            context_graphs=self._by_bucket("context_encoding_"),
+            token_graphs=self._by_bucket("token_generation_"),
+            reset_cache=self._reset,
+            batch_size=self.spec.port.batch_size,
+            max_seq_len=self.spec.port.max_seq_len,
+            decoder_start_id=self.decoder_start_id,
+            pad_id=self.pad_id,
+        )
+
+    @torch.inference_mode()
+    def score(self, sequences: list[list[int]], sources: list[list[int]] | None = None) -> list[torch.Tensor]:
+        """Teacher forcing of decoder ``sequences`` (start token first) given encoder ``sources``."""
+        return score_seq2seq(
+            sources,
+            sequences,
+            encoder_graphs=self._by_bucket("encoder_"),
+            context_graphs=self._by_bucket("context_encoding_"),
+            reset_cache=self._reset,
+            batch_size=self.spec.port.batch_size,
+            max_seq_len=self.spec.port.max_seq_len,
+            pad_id=self.pad_id,
         )

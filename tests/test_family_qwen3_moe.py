@@ -1,0 +1,71 @@
+"""The Qwen3-MoE port end to end: the correct port (sparse layers 0 and 2, dense layer 1) passes every
+stage; a routing bug and an expert-weight bug fail at the MoE components, leave the dense layer's MLP
+alone, and the model check names the first MoE block as the first divergent module."""
+
+from __future__ import annotations
+
+import pytest
+
+DOWNSTREAM = ("compile", "generate", "golden")
+
+
+def test_correct_port_passes_every_stage(make_project):
+    project = make_project("qwen3_moe")
+    result = project.run()
+    assert result.ret == 0
+    data = project.results()
+    assert data["passed"] is True
+    statuses = project.statuses()
+    assert "component[router-layer1]" not in statuses  # layer 1 is dense: no router to check
+    for component in ("q_norm-layer0", "router-layer0", "experts-layer2", "mlp-layer1", "experts-layer0-bfloat16"):
+        assert statuses[f"component[{component}]"] == "passed"
+    assert set(statuses.values()) == {"passed"}
+    assert project.stage("golden")["figures"]["token_match"] >= 0.95
+
+
+@pytest.mark.parametrize(
+    ("file", "correct", "buggy", "failing"),
+    [
+        pytest.param(
+            # with norm_topk_prob off (the tiny config), a softmax over the top-k logits alone is wrong
+            "common/moe.py",
+            "probs = torch.softmax(router_logits.float(), dim=-1)\n"
+            "    top_k_weights, top_k_index = torch.topk(probs, top_k, dim=-1)",
+            "top_k_logits, top_k_index = torch.topk(router_logits.float(), top_k, dim=-1)\n"
+            "    top_k_weights = torch.softmax(top_k_logits, dim=-1)",
+            "mlp-layer0",
+            id="softmax_over_top_k_logits",
+        ),
+        pytest.param(
+            "qwen3_moe/modeling_qwen3_moe.py",
+            '"gate_proj", "up_proj", "down_proj"',
+            '"up_proj", "gate_proj", "down_proj"',
+            "experts-layer0",
+            id="expert_gate_up_swapped",
+        ),
+    ],
+)
+def test_moe_bug_fails_at_its_component(make_project, file, correct, buggy, failing):
+    project = make_project("qwen3_moe")
+    project.replace(file, correct, buggy)
+    result = project.run("-k", "not bfloat16")
+    assert result.ret == 1
+    statuses = project.statuses()
+    assert statuses["weights"] == "passed"
+    assert statuses["component[router-layer0]"] == "passed"  # the gate's logits are still right
+    assert statuses["component[mlp-layer1]"] == "passed"  # the dense layer has no experts
+    assert statuses[f"component[{failing}]"] == "failed"
+    name, layer = failing.rsplit("-layer", 1)
+    assert f"{name} (layer {layer}) differs" in project.stage(f"component[{failing}]")["message"]
+    for component in ("mlp-layer0", "mlp-layer2"):
+        assert statuses[f"component[{component}]"] == "failed"
+    # the experts check feeds both sides HF's routing: only expert bugs fail it
+    expert_bug = failing.startswith("experts")
+    assert statuses["component[experts-layer0]"] == ("failed" if expert_bug else "passed")
+    model = project.stage("model")
+    assert model["status"] == "failed"
+    # localisation runs each model on its own routing, so a routing bug shows in the experts' output too
+    assert model["figures"]["first_divergence"] in ("model.layers.0.mlp.experts", "model.layers.0.mlp")
+    for stage in DOWNSTREAM:
+        assert statuses[stage] == "skipped"
+    assert "Traceback" not in result.stdout.str()

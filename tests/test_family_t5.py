@@ -1,0 +1,116 @@
+"""The T5 port end to end (encoder-decoder: relative position buckets, cross-attention cached from the
+encoder output): the correct port passes every stage, including the encoder, decoder context-encoding
+and token-generation graphs; a wrong bucket direction or cross-attention keys from the wrong
+projection fail at their component, the model check localises them, and compile/generate/golden skip."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+FILE = "t5/modeling_t5.py"
+PER_LAYER = (
+    "encoder_attention",
+    "encoder_ff_norm",
+    "encoder_mlp",
+    "encoder_layer",
+    "decoder_self_attention",
+    "cross_attention_norm",
+    "cross_attention",
+    "decoder_mlp",
+    "decoder_layer",
+)
+COMPONENTS = [
+    "embedding",
+    *(f"{name}-layer{i}" for name in PER_LAYER[:4] for i in (0, 1)),
+    "encoder_norm",
+    *(f"{name}-layer{i}" for name in PER_LAYER[4:] for i in (0, 1)),
+    "decoder_norm",
+    "lm_head",
+]
+ALL_STAGES = (
+    ["env", "weights"]
+    + [f"component[{c}]" for c in COMPONENTS]
+    + [f"component[{c}-bfloat16]" for c in COMPONENTS]
+    + ["model", "model[bfloat16]", "compile", "generate", "golden"]
+)
+
+
+@pytest.fixture
+def project(make_project):
+    return make_project("t5")
+
+
+def test_correct_port_passes_every_stage(project):
+    result = project.run()
+    result.assert_outcomes(passed=len(ALL_STAGES))
+    assert result.ret == 0
+    data = project.results()
+    assert data["passed"] is True
+    assert [s["id"] for s in data["stages"]] == ALL_STAGES
+    figures = {s["id"]: s["figures"] for s in data["stages"]}
+    assert figures["compile"]["graphs"] == 8  # 3 encoder, 3 decoder context-encoding, 2 token-generation
+    used = figures["generate"]["buckets_used"].split(",")
+    assert "encoder_16" in used and "context_encoding_16" in used
+    assert {"token_generation_16", "token_generation_64"} <= set(used)  # decoding crosses buckets
+    assert figures["golden"]["token_match"] >= 0.95
+    assert figures["golden"]["teacher_forced_match"] >= 0.95
+
+
+@pytest.mark.parametrize(
+    ("bug", "failing", "first_divergent"),
+    [
+        (
+            # the encoder's buckets made one-directional (and the decoder's two-directional)
+            (
+                "relative_position_bucket(relative, not self.is_decoder,",
+                "relative_position_bucket(relative, self.is_decoder,",
+            ),
+            "encoder_attention",
+            "encoder.block.0.layer.0.SelfAttention",
+        ),
+        (
+            # cross-attention keys projected with the query weights
+            ("k = self.k(encoder_hidden)", "k = self.q(encoder_hidden)"),
+            "cross_attention",
+            "decoder.block.0.layer.1.EncDecAttention",
+        ),
+    ],
+    ids=["bucket_direction", "cross_attention_keys"],
+)
+def test_planted_bug_fails_at_its_component(project, bug, failing, first_divergent):
+    project.replace(FILE, *bug)
+    result = project.run("-k", "not bfloat16")  # the FP32 checks catch both; halves the run
+    assert result.ret == 1
+    statuses = project.statuses()
+    assert statuses["weights"] == "passed"
+    assert statuses[f"component[{failing}-layer0]"] == "failed"
+    stage = project.stage(f"component[{failing}-layer0]")
+    assert f"{failing} (layer 0) differs" in stage["message"]
+    assert statuses["model"] == "failed"
+    model = project.stage("model")
+    assert model["figures"]["first_divergence"] == first_divergent
+    assert f"first divergent module: {first_divergent}" in model["message"]
+    for downstream in ("compile", "generate", "golden"):
+        assert statuses[downstream] == "skipped"
+    assert "Traceback" not in result.stdout.str()
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ('architecture = "encoder_decoder"', 'architecture = "seq2seq"', "unknown architecture 'seq2seq'"),
+        ('architecture = "encoder_decoder"', 'architecture = "decoder"', "needs port.architecture"),
+    ],
+)
+def test_architecture_is_validated(tmp_path, old, new, message):
+    from pytest_autoport.errors import SpecError
+    from pytest_autoport.spec import load_spec
+
+    repo = Path(__file__).resolve().parents[1]
+    spec = tmp_path / "t5.toml"
+    spec.write_text((repo / "port_specs" / "t5.toml").read_text().replace(old, new, 1))
+    with pytest.raises(SpecError, match="port.architecture|components") as raised:
+        load_spec(spec, repo, check_imports=False)
+    assert message in str(raised.value)
