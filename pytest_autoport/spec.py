@@ -420,8 +420,16 @@ def _module_name_for(file: Path) -> str:
 
 
 def _ensure_packages_importable(file: Path) -> None:
+    """Put the port's package root first on sys.path, and forget a same-named package imported from
+    another folder (another checkout), so the port's own shared modules are the ones imported."""
     folder = file.parent
     while (folder / "__init__.py").is_file():
         folder = folder.parent
-    if str(folder) not in sys.path:
-        sys.path.insert(0, str(folder))
+    if str(folder) in sys.path:
+        sys.path.remove(str(folder))
+    sys.path.insert(0, str(folder))
+    top = _module_name_for(file).split(".")[0]
+    loaded = sys.modules.get(top)
+    if loaded is not None and not str(getattr(loaded, "__file__", "") or "").startswith(str(folder)):
+        for name in [name for name in sys.modules if name == top or name.startswith(top + ".")]:
+            del sys.modules[name]

@@ -76,3 +76,15 @@ def test_artifact_store_fixture_lists_entries(port_project):
     result = port_project.pytester.runpytest("test_store.py", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
     assert Path(port_project.root / "agent_artifacts" / "data" / "compiled_model").is_dir()
+
+
+def test_corrupt_artifact_met_during_a_run_is_rebuilt_and_reported(port_project):
+    port_project.run("-k", "compile")
+    entry = Path(compile_figures(port_project)["artifact"])
+    graph = next(entry.glob("token_generation_*.pt2"))
+    graph.write_bytes(graph.read_bytes()[:-16])
+    port_project.run("-k", "compile or generate")
+    figures = compile_figures(port_project)
+    assert figures["compiled"] is True
+    assert "token_generation" in figures["rebuilt_after"]
+    assert port_project.stage("generate")["status"] == "passed"

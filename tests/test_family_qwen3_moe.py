@@ -17,7 +17,13 @@ def test_correct_port_passes_every_stage(make_project):
     assert data["passed"] is True
     statuses = project.statuses()
     assert "component[router-layer1]" not in statuses  # layer 1 is dense: no router to check
-    for component in ("q_norm-layer0", "router-layer0", "experts-layer2", "mlp-layer1", "experts-layer0-bfloat16"):
+    for component in (
+        "q_norm-layer0",
+        "router-layer0",
+        "experts-layer2",
+        "mlp-layer1",
+        "experts-layer0-bfloat16",
+    ):
         assert statuses[f"component[{component}]"] == "passed"
     assert set(statuses.values()) == {"passed"}
     assert project.stage("golden")["figures"]["token_match"] >= 0.95

@@ -41,6 +41,26 @@ def attend(
     return (probs @ values).transpose(1, 2).reshape(batch, seq, -1)
 
 
+class DecoderLayer(nn.Module):
+    """The pre-norm residual block: ``x + self_attn(input_layernorm(x))``, then the same around ``mlp``
+    with ``post_attention_layernorm``. Families with their own norm set ``norm_cls``."""
+
+    norm_cls: type = RMSNorm
+
+    def __init__(self, config, self_attn: nn.Module, mlp: nn.Module):
+        super().__init__()
+        self.input_layernorm = self.norm_cls(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = self_attn
+        self.post_attention_layernorm = self.norm_cls(config.hidden_size, config.rms_norm_eps)
+        self.mlp = mlp
+
+    def forward(self, hidden_states, position_ids, cache_len=None):
+        hidden_states = hidden_states + self.self_attn(
+            self.input_layernorm(hidden_states), position_ids, cache_len
+        )
+        return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
+
+
 class DecoderModel(nn.Module):
     """embed_tokens -> layers -> norm, with the HF module names so component paths match.
     Families with their own embedding or final norm set ``embedding_cls`` / ``norm_cls``."""

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from neuron_port.common import RMSNorm, apply_rotary
-from neuron_port.common.decoder import CausalLM, DecoderModel, SwiGLUMLP, attend
+from neuron_port.common.decoder import CausalLM, DecoderLayer, DecoderModel, SwiGLUMLP, attend
 from neuron_port.common.moe import stack_checkpoint_experts
 from neuron_port.common.rope import rope_parameters
 from neuron_port.common.yarn import YarnRotaryEmbedding, yarn_softmax_scale
@@ -190,21 +190,11 @@ class NeuronDeepseekV3Attention(nn.Module):
         return self.o_proj(attend(query, keys, values, position_ids, scale=self.scaling))
 
 
-class NeuronDeepseekV3DecoderLayer(nn.Module):
+class NeuronDeepseekV3DecoderLayer(DecoderLayer):
     def __init__(self, config, layer_idx):
-        super().__init__()
-        self.layer_idx = layer_idx
-        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.self_attn = NeuronDeepseekV3Attention(config)
-        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         dense = layer_idx < config.first_k_dense_replace
-        self.mlp = NeuronDeepseekV3MLP(config) if dense else NeuronDeepseekV3MoE(config)
-
-    def forward(self, hidden_states, position_ids, cache_len=None):
-        hidden_states = hidden_states + self.self_attn(
-            self.input_layernorm(hidden_states), position_ids, cache_len
-        )
-        return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
+        mlp = NeuronDeepseekV3MLP(config) if dense else NeuronDeepseekV3MoE(config)
+        super().__init__(config, NeuronDeepseekV3Attention(config), mlp)
 
 
 class NeuronDeepseekV3Model(DecoderModel):

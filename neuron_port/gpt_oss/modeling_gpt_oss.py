@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from neuron_port.common import KVCache, apply_rotary, causal_cache_mask, repeat_kv
-from neuron_port.common.decoder import CausalLM, DecoderModel
+from neuron_port.common.decoder import CausalLM, DecoderLayer, DecoderModel
 from neuron_port.common.gpt_oss_rope import ScaledRotaryEmbedding
 
 # e2m1 value of each 4-bit code: bit 3 is the sign, bits 0-2 index the magnitude
@@ -123,19 +123,11 @@ class NeuronGptOssMLP(nn.Module):
         return self.experts(tokens, routing_weights).reshape(batch, seq, hidden)
 
 
-class NeuronGptOssDecoderLayer(nn.Module):
-    def __init__(self, config, layer_idx):
-        super().__init__()
-        self.input_layernorm = NeuronGptOssRMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.self_attn = NeuronGptOssAttention(config, layer_idx)
-        self.post_attention_layernorm = NeuronGptOssRMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.mlp = NeuronGptOssMLP(config)
+class NeuronGptOssDecoderLayer(DecoderLayer):
+    norm_cls = NeuronGptOssRMSNorm
 
-    def forward(self, hidden_states, position_ids, cache_len=None):
-        hidden_states = hidden_states + self.self_attn(
-            self.input_layernorm(hidden_states), position_ids, cache_len
-        )
-        return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
+    def __init__(self, config, layer_idx):
+        super().__init__(config, NeuronGptOssAttention(config, layer_idx), NeuronGptOssMLP(config))
 
 
 class NeuronGptOssModel(DecoderModel):

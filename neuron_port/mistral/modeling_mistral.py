@@ -10,8 +10,8 @@ so one ``forward(input_ids, position_ids, cache_len)`` serves context encoding a
 from torch import nn
 from transformers.activations import ACT2FN
 
-from neuron_port.common import KVCache, RMSNorm, RotaryEmbedding, apply_rotary
-from neuron_port.common.decoder import CausalLM, DecoderModel, SwiGLUMLP, attend
+from neuron_port.common import KVCache, RotaryEmbedding, apply_rotary
+from neuron_port.common.decoder import CausalLM, DecoderLayer, DecoderModel, SwiGLUMLP, attend
 from neuron_port.common.rope import rope_parameters
 
 
@@ -49,18 +49,9 @@ class NeuronMistralAttention(nn.Module):
         return self.o_proj(out)
 
 
-class NeuronMistralDecoderLayer(nn.Module):
+class NeuronMistralDecoderLayer(DecoderLayer):
     def __init__(self, config, layer_idx):
-        super().__init__()
-        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.self_attn = NeuronMistralAttention(config)
-        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.mlp = NeuronMistralMLP(config)
-
-    def forward(self, hidden_states, position_ids, cache_len=None):
-        attn = self.self_attn(self.input_layernorm(hidden_states), position_ids, cache_len)
-        hidden_states = hidden_states + attn
-        return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
+        super().__init__(config, NeuronMistralAttention(config), NeuronMistralMLP(config))
 
 
 class NeuronMistralModel(DecoderModel):

@@ -7,11 +7,9 @@ Static shapes: the KV cache is preallocated for ``neuron_config.batch_size`` x `
 experts are dispatched densely (see ``neuron_port/common/moe.py``).
 """
 
-from torch import nn
 from transformers.activations import ACT2FN
 
-from neuron_port.common import RMSNorm
-from neuron_port.common.decoder import CausalLM, DecoderModel
+from neuron_port.common.decoder import CausalLM, DecoderLayer, DecoderModel
 from neuron_port.common.moe import MoEExperts, SparseMoeBlock, stack_checkpoint_experts
 from neuron_port.mistral.modeling_mistral import NeuronMistralAttention
 
@@ -28,19 +26,9 @@ class NeuronMixtralAttention(NeuronMistralAttention):
     """Mistral's attention, unchanged: RoPE, GQA and the optional sliding window."""
 
 
-class NeuronMixtralDecoderLayer(nn.Module):
+class NeuronMixtralDecoderLayer(DecoderLayer):
     def __init__(self, config, layer_idx):
-        super().__init__()
-        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.self_attn = NeuronMixtralAttention(config)
-        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.mlp = NeuronMixtralSparseMoeBlock(config)
-
-    def forward(self, hidden_states, position_ids, cache_len=None):
-        hidden_states = hidden_states + self.self_attn(
-            self.input_layernorm(hidden_states), position_ids, cache_len
-        )
-        return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
+        super().__init__(config, NeuronMixtralAttention(config), NeuronMixtralSparseMoeBlock(config))
 
 
 class NeuronMixtralModel(DecoderModel):

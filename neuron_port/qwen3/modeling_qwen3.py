@@ -9,7 +9,7 @@ from torch import nn
 from transformers.activations import ACT2FN
 
 from neuron_port.common import KVCache, RMSNorm, RotaryEmbedding, apply_rotary
-from neuron_port.common.decoder import CausalLM, DecoderModel, SwiGLUMLP, attend
+from neuron_port.common.decoder import CausalLM, DecoderLayer, DecoderModel, SwiGLUMLP, attend
 from neuron_port.common.rope import rope_parameters
 
 
@@ -52,18 +52,9 @@ class NeuronQwen3Attention(nn.Module):
         return self.o_proj(out)
 
 
-class NeuronQwen3DecoderLayer(nn.Module):
+class NeuronQwen3DecoderLayer(DecoderLayer):
     def __init__(self, config, layer_idx):
-        super().__init__()
-        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.self_attn = NeuronQwen3Attention(config, layer_idx)
-        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.mlp = NeuronQwen3MLP(config)
-
-    def forward(self, hidden_states, position_ids, cache_len=None):
-        attn = self.self_attn(self.input_layernorm(hidden_states), position_ids, cache_len)
-        hidden_states = hidden_states + attn
-        return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
+        super().__init__(config, NeuronQwen3Attention(config, layer_idx), NeuronQwen3MLP(config))
 
 
 class NeuronQwen3Model(DecoderModel):

@@ -8,13 +8,11 @@ Static shapes: the KV cache is preallocated for ``neuron_config.batch_size`` x `
 experts are dispatched densely (see ``neuron_port/common/moe.py``).
 """
 
-from torch import nn
 from transformers.activations import ACT2FN
 
-from neuron_port.common import KVCache, RMSNorm, RotaryEmbedding, apply_rotary
-from neuron_port.common.decoder import CausalLM, DecoderModel, SwiGLUMLP, attend
+from neuron_port.common.decoder import CausalLM, DecoderLayer, DecoderModel, SwiGLUMLP
 from neuron_port.common.moe import MoEExperts, SparseMoeBlock, stack_checkpoint_experts
-from neuron_port.common.rope import rope_parameters
+from neuron_port.qwen3.modeling_qwen3 import NeuronQwen3Attention
 
 
 def is_sparse_layer(config, layer_idx):
@@ -45,52 +43,19 @@ class NeuronQwen3MoeSparseMoeBlock(SparseMoeBlock):
         )
 
 
-class NeuronQwen3MoeAttention(nn.Module):
-    def __init__(self, config):
-        super().__init__()
-        self.num_heads = config.num_attention_heads
-        self.num_kv_heads = config.num_key_value_heads
-        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.num_heads
-        bias = config.attention_bias
-        self.q_proj = nn.Linear(config.hidden_size, self.num_heads * self.head_dim, bias=bias)
-        self.k_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=bias)
-        self.v_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=bias)
-        self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=bias)
-        self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
-        self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
-        self.sliding_window = config.sliding_window  # None unless use_sliding_window
-        theta, scaling = rope_parameters(config)
-        self.rotary = RotaryEmbedding(self.head_dim, theta, scaling)
-        nc = config.neuron_config
-        self.cache = KVCache(nc.batch_size, self.num_kv_heads, nc.max_seq_len, self.head_dim)
+class NeuronQwen3MoeAttention(NeuronQwen3Attention):
+    """Qwen3's attention, but its sliding window (set only under ``use_sliding_window``) covers every layer."""
 
-    def forward(self, hidden_states, position_ids, cache_len=None):
-        batch, seq, _ = hidden_states.shape
-        heads = (batch, seq, -1, self.head_dim)
-        q = self.q_norm(self.q_proj(hidden_states).view(heads)).transpose(1, 2)
-        k = self.k_norm(self.k_proj(hidden_states).view(heads)).transpose(1, 2)
-        v = self.v_proj(hidden_states).view(heads).transpose(1, 2)
-        cos, sin = self.rotary(position_ids, q.dtype)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        keys, values = self.cache.update(k, v, position_ids, cache_len)
-        out = attend(q, keys, values, position_ids, scale=self.head_dim**-0.5, window=self.sliding_window)
-        return self.o_proj(out)
-
-
-class NeuronQwen3MoeDecoderLayer(nn.Module):
     def __init__(self, config, layer_idx):
-        super().__init__()
-        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.self_attn = NeuronQwen3MoeAttention(config)
-        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        sparse = is_sparse_layer(config, layer_idx)
-        self.mlp = NeuronQwen3MoeSparseMoeBlock(config) if sparse else NeuronQwen3MoeMLP(config)
+        super().__init__(config, layer_idx)
+        self.sliding_window = config.sliding_window
 
-    def forward(self, hidden_states, position_ids, cache_len=None):
-        hidden_states = hidden_states + self.self_attn(
-            self.input_layernorm(hidden_states), position_ids, cache_len
-        )
-        return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
+
+class NeuronQwen3MoeDecoderLayer(DecoderLayer):
+    def __init__(self, config, layer_idx):
+        sparse = is_sparse_layer(config, layer_idx)
+        mlp = NeuronQwen3MoeSparseMoeBlock(config) if sparse else NeuronQwen3MoeMLP(config)
+        super().__init__(config, NeuronQwen3MoeAttention(config, layer_idx), mlp)
 
 
 class NeuronQwen3MoeModel(DecoderModel):
