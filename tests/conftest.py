@@ -97,7 +97,9 @@ class PortProject:
         self.spec.write_text(text.replace(old, new, 1))
 
     def run(self, *args: str) -> pytest.RunResult:
-        return self.pytester.runpytest(f"--autoport-model={self.name}", "-p", "no:cacheprovider", *args)
+        """The verdict in a fresh interpreter: in-process runs would unload the transformers and port
+        modules they imported, and classes re-imported later no longer match the ones in use."""
+        return self.pytester.runpytest_subprocess(f"--autoport-model={self.name}", "-p", "no:cacheprovider", *args)
 
     def results(self) -> dict:
         return json.loads((self.root / "agent_artifacts" / "results" / f"{self.name}.json").read_text())
@@ -109,23 +111,8 @@ class PortProject:
         return {s["id"]: s["status"] for s in self.results()["stages"]}
 
 
-@pytest.fixture(scope="session")
-def _torch_export_loaded(tmp_path_factory):
-    """Import torch.export's lazy modules once in this process. pytester's in-process runs drop the
-    modules a run imported; torch cannot register some of them twice, so they must predate the runs."""
-    import torch
-
-    class Tiny(torch.nn.Module):
-        def forward(self, x):
-            return x + 1
-
-    path = tmp_path_factory.mktemp("export") / "tiny.pt2"
-    torch.export.save(torch.export.export(Tiny(), (torch.ones(1),)), path)
-    torch.export.load(path).module()(torch.ones(1))
-
-
 @pytest.fixture
-def make_project(pytester, tiny_weights, _torch_export_loaded):
+def make_project(pytester, tiny_weights):
     """``make_project(spec_name) -> PortProject`` for any bundled spec."""
     return lambda name: PortProject(pytester, name, tiny_weights(name))
 
