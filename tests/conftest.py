@@ -111,6 +111,22 @@ class PortProject:
         return {s["id"]: s["status"] for s in self.results()["stages"]}
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _torch_modules_loaded(tmp_path_factory):
+    """Import torch.export's lazy modules (and the torch.distributed ones they pull in) once per test
+    process. Tests that restore ``sys.modules`` afterwards (pytester's in-process runs, the contract
+    tests' stand-in) would otherwise drop them, and torch cannot register their operators twice."""
+    import torch
+
+    class Tiny(torch.nn.Module):
+        def forward(self, x):
+            return x + 1
+
+    path = tmp_path_factory.mktemp("export") / "tiny.pt2"
+    torch.export.save(torch.export.export(Tiny(), (torch.ones(1),)), path)
+    torch.export.load(path).module()(torch.ones(1))
+
+
 @pytest.fixture
 def make_project(pytester, tiny_weights):
     """``make_project(spec_name) -> PortProject`` for any bundled spec."""
