@@ -99,7 +99,9 @@ class PortProject:
     def run(self, *args: str) -> pytest.RunResult:
         """The verdict in a fresh interpreter: in-process runs would unload the transformers and port
         modules they imported, and classes re-imported later no longer match the ones in use."""
-        return self.pytester.runpytest_subprocess(f"--autoport-model={self.name}", "-p", "no:cacheprovider", *args)
+        return self.pytester.runpytest_subprocess(
+            f"--autoport-model={self.name}", "-p", "no:cacheprovider", *args
+        )
 
     def results(self) -> dict:
         return json.loads((self.root / "agent_artifacts" / "results" / f"{self.name}.json").read_text())
