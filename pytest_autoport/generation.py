@@ -65,7 +65,7 @@ def generate(
     max_seq_len: int,
     pad_id: int = 0,
 ) -> GenerationResult:
-    context_buckets, token_buckets = sorted(context_graphs), sorted(token_graphs)
+    context_buckets = sorted(context_graphs)
     generator = torch.Generator().manual_seed(params.seed)
     tokens: list[list[int]] = []
     ttft = decode_s = 0.0
@@ -99,22 +99,10 @@ def generate(
         next_ids = choose_next(logits[torch.arange(batch_size), lengths - 1], params, generator)
         if first == 0:
             ttft = time.perf_counter() - t0
-        generated = [next_ids]
-        finished = _hit_eos(next_ids, params)
         t1 = time.perf_counter()
-        for step in range(1, params.max_new_tokens):
-            if bool(finished.all()):
-                break
-            position = (lengths + step - 1)[:, None]
-            reach = smallest_fitting(int(position.max()) + 1, token_buckets)
-            used.add(f"token_generation_{reach}")
-            logits = token_graphs[reach](next_ids[:, None], position)
-            next_ids = choose_next(logits[:, -1], params, generator)
-            generated.append(next_ids)
-            finished |= _hit_eos(next_ids, params)
-            steps += 1
+        out, taken = _decode(next_ids, lengths, params, generator, token_graphs, used)
+        steps += taken
         decode_s += time.perf_counter() - t1
-        out = torch.stack(generated, dim=1)
         tokens.extend(_cut_at_eos(out[i].tolist(), params.eos_token_id) for i in range(len(group)))
     return GenerationResult(
         tokens=tokens,
@@ -149,6 +137,28 @@ def score(
         reset_cache()
         out.append(context_graphs[bucket](input_ids, positions)[0, : len(seq)].float())
     return out
+
+
+def _decode(next_ids, start, params, generator, token_graphs, used) -> tuple[torch.Tensor, int]:
+    """Token generation after context encoding: ``next_ids`` [batch] is the first new token, written at
+    position ``start`` [batch]; each step runs the smallest token-generation bucket that reaches it.
+    Returns the new tokens [batch, n] and the number of token-generation steps run."""
+    buckets = sorted(token_graphs)
+    generated = [next_ids]
+    finished = _hit_eos(next_ids, params)
+    steps = 0
+    for step in range(1, params.max_new_tokens):
+        if bool(finished.all()):
+            break
+        position = (start + step - 1)[:, None]
+        reach = smallest_fitting(int(position.max()) + 1, buckets)
+        used.add(f"token_generation_{reach}")
+        logits = token_graphs[reach](next_ids[:, None], position)
+        next_ids = choose_next(logits[:, -1], params, generator)
+        generated.append(next_ids)
+        finished |= _hit_eos(next_ids, params)
+        steps += 1
+    return torch.stack(generated, dim=1), steps
 
 
 def _hit_eos(ids: torch.Tensor, params: SamplingParams) -> torch.Tensor:
@@ -216,7 +226,7 @@ def generate_seq2seq(
 ) -> GenerationResult:
     """Encoder once per prompt, decoder context encoding of the start token (which fills the
     cross-attention cache), then one token-generation step per new token through the decoder KV cache."""
-    context_buckets, token_buckets = sorted(context_graphs), sorted(token_graphs)
+    context_buckets = sorted(context_graphs)
     if 1 + params.max_new_tokens > max_seq_len:
         raise StageFailure(
             f"the decoder start token + {params.max_new_tokens} new tokens exceeds port.max_seq_len ({max_seq_len})"
@@ -243,22 +253,12 @@ def generate_seq2seq(
         next_ids = choose_next(logits[:, 0], params, generator)
         if first == 0:
             ttft = time.perf_counter() - t0
-        generated = [next_ids]
-        finished = _hit_eos(next_ids, params)
         t1 = time.perf_counter()
-        for step in range(1, params.max_new_tokens):
-            if bool(finished.all()):
-                break
-            position = torch.full((batch_size, 1), step, dtype=torch.long)
-            reach = smallest_fitting(step + 1, token_buckets)
-            used.add(f"token_generation_{reach}")
-            logits = token_graphs[reach](next_ids[:, None], position)
-            next_ids = choose_next(logits[:, -1], params, generator)
-            generated.append(next_ids)
-            finished |= _hit_eos(next_ids, params)
-            steps += 1
+        out, taken = _decode(
+            next_ids, torch.ones(batch_size, dtype=torch.long), params, generator, token_graphs, used
+        )
+        steps += taken
         decode_s += time.perf_counter() - t1
-        out = torch.stack(generated, dim=1)
         tokens.extend(_cut_at_eos(out[i].tolist(), params.eos_token_id) for i in range(len(group)))
     return GenerationResult(
         tokens=tokens,
