@@ -26,7 +26,6 @@ SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>"]
 
 
 TINY_KINDS = ("trained", "random")
-HARNESS_KEYS = ("model_type", "seed", "quantize", "weights", "train_steps")  # [tiny] keys that are not config
 
 
 @dataclass(frozen=True)
@@ -97,10 +96,13 @@ def _tiny_recipe(spec: PortSpec) -> dict:
     import transformers
 
     overrides = dict(spec.tiny)
+    from .tiny_training import TRAINER_SOURCE
+
     recipe = {
         "hf_model_class": spec.model.hf_model_class,
         "overrides": overrides,
         "corpus_sha256": hashlib.sha256(CORPUS.read_bytes()).hexdigest(),
+        "trainer_sha256": hashlib.sha256(TRAINER_SOURCE.read_bytes()).hexdigest(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
     }
@@ -118,6 +120,11 @@ def _materialise_tiny(spec: PortSpec, recipe: dict, dest: Path) -> None:
     quantize = overrides.pop("quantize", None)
     kind = overrides.pop("weights", "trained")
     train_steps = overrides.pop("train_steps", 300)
+    train_lr = overrides.pop("train_lr", 3e-3)
+    if isinstance(train_steps, bool) or not isinstance(train_steps, int) or train_steps < 1:
+        raise SpecError(spec.path, "tiny.train_steps", f"expected a positive integer, got {train_steps!r}")
+    if isinstance(train_lr, bool) or not isinstance(train_lr, (int, float)) or not train_lr > 0:
+        raise SpecError(spec.path, "tiny.train_lr", f"expected a positive number, got {train_lr!r}")
     if kind not in TINY_KINDS:
         raise SpecError(spec.path, "tiny.weights", f"expected one of {TINY_KINDS}, got {kind!r}")
     if model_type is None:
@@ -142,6 +149,8 @@ def _materialise_tiny(spec: PortSpec, recipe: dict, dest: Path) -> None:
         )
     except (ValueError, TypeError) as exc:
         raise SpecError(spec.path, "tiny", f"cannot build a {model_type} config: {exc}") from None
+    if config.is_encoder_decoder:
+        close_inputs_with_eos(tokenizer)
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
@@ -153,7 +162,12 @@ def _materialise_tiny(spec: PortSpec, recipe: dict, dest: Path) -> None:
             from .tiny_training import train_on_corpus
 
             training = train_on_corpus(
-                model, tokenizer, CORPUS.read_text(encoding="utf-8"), steps=train_steps, seed=seed
+                model,
+                tokenizer,
+                CORPUS.read_text(encoding="utf-8"),
+                steps=train_steps,
+                seed=seed,
+                lr=train_lr,
             )
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
@@ -195,6 +209,19 @@ def build_tokenizer(vocab_size: int):
     bpe.train([str(CORPUS)], trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=bpe, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+
+
+def close_inputs_with_eos(tokenizer) -> None:
+    """Append ``</s>`` to every encoded text, as T5's tokenizer does: an encoder-decoder model then
+    sees where its input ends."""
+    from tokenizers import processors
+
+    eos = tokenizer.eos_token
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"$A {eos}",
+        pair=f"$A {eos} $B {eos}",
+        special_tokens=[(eos, tokenizer.eos_token_id)],
     )
 
 

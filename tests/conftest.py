@@ -112,6 +112,49 @@ class PortProject:
     def statuses(self) -> dict[str, str]:
         return {s["id"]: s["status"] for s in self.results()["stages"]}
 
+    def assert_passes_every_stage(self, result: pytest.RunResult, stage_ids: list[str]) -> dict:
+        """Every stage passed, in ``stage_ids`` order, golden included; returns the figures by stage id."""
+        result.assert_outcomes(passed=len(stage_ids))
+        assert result.ret == 0
+        data = self.results()
+        assert data["passed"] is True
+        assert [s["id"] for s in data["stages"]] == list(stage_ids)
+        figures = {s["id"]: s["figures"] for s in data["stages"]}
+        assert figures["golden"]["token_match"] >= 0.95
+        return figures
+
+    def assert_caught(
+        self,
+        result: pytest.RunResult,
+        failing: tuple[str, ...],
+        passing: tuple[str, ...] = (),
+        first_divergent: str | tuple[str, ...] | None = None,
+    ) -> dict[str, str]:
+        """A planted bug's verdict: weights pass; each ``failing`` component (``attention-layer0``)
+        fails with a message naming it; each ``passing`` one still passes; the model check fails,
+        naming ``first_divergent`` (one module, or any of several); compile, generate and golden skip;
+        no traceback. Returns the statuses."""
+        assert result.ret == 1
+        statuses = self.statuses()
+        assert statuses["weights"] == "passed"
+        for component in failing:
+            assert statuses[f"component[{component}]"] == "failed", component
+            name, _, layer = component.partition("-layer")
+            where = f"{name} (layer {layer})" if layer else name
+            assert f"{where} differs" in self.stage(f"component[{component}]")["message"]
+        for component in passing:
+            assert statuses[f"component[{component}]"] == "passed", component
+        model = self.stage("model")
+        assert model["status"] == "failed"
+        if first_divergent is not None:
+            expected = (first_divergent,) if isinstance(first_divergent, str) else first_divergent
+            assert model["figures"]["first_divergence"] in expected
+            assert f"first divergent module: {model['figures']['first_divergence']}" in model["message"]
+        for downstream in ("compile", "generate", "golden"):
+            assert statuses[downstream] == "skipped"
+        assert "Traceback" not in result.stdout.str()
+        return statuses
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _torch_modules_loaded(tmp_path_factory):

@@ -26,13 +26,7 @@ ALL_STAGES = (
 
 def test_correct_port_passes_every_stage(make_project):
     project = make_project("gemma3")
-    result = project.run()
-    result.assert_outcomes(passed=len(ALL_STAGES))
-    assert result.ret == 0
-    data = project.results()
-    assert data["passed"] is True
-    assert [s["id"] for s in data["stages"]] == ALL_STAGES
-    assert {s["id"]: s for s in data["stages"]}["golden"]["figures"]["token_match"] >= 0.95
+    project.assert_passes_every_stage(project.run(), ALL_STAGES)
 
 
 @pytest.mark.parametrize(
@@ -60,20 +54,12 @@ def test_planted_gemma_bug_fails_at_its_component(
 ):
     project = make_project("gemma3")
     project.replace(file, correct, buggy)
-    result = project.run("-k", "not bfloat16")
-    assert result.ret == 1
-    statuses = project.statuses()
-    assert statuses["weights"] == "passed"
-    assert statuses["component[embedding]"] == "passed"
-    assert statuses[f"component[{failing}]"] == "failed"
-    assert statuses["model"] == "failed"
-    assert all(statuses[s] == "skipped" for s in ("compile", "generate", "golden"))
-    stages = {s["id"]: s for s in project.results()["stages"]}
-    name, _, layer = failing.partition("-layer")
-    assert f"{name} (layer {layer}) differs" in stages[f"component[{failing}]"]["message"]
-    assert stages["model"]["figures"]["first_divergence"] == first_divergent
-    assert f"first divergent module: {first_divergent}" in stages["model"]["message"]
-    assert "Traceback" not in result.stdout.str()
+    project.assert_caught(
+        project.run("-k", "not bfloat16"),
+        failing=(failing,),
+        passing=("embedding",),
+        first_divergent=first_divergent,
+    )
 
 
 def test_sliding_window_ignored_fails_only_the_sliding_layer(make_project):

@@ -30,14 +30,7 @@ ALL_STAGES = (
 
 def test_correct_port_passes_every_stage(make_project):
     project = make_project("llama_int8")
-    result = project.run()
-    result.assert_outcomes(passed=len(ALL_STAGES))
-    assert result.ret == 0
-    data = project.results()
-    assert data["passed"] is True
-    assert [s["id"] for s in data["stages"]] == ALL_STAGES
-    figures = {s["id"]: s["figures"] for s in data["stages"]}
-    assert figures["golden"]["token_match"] >= 0.95
+    figures = project.assert_passes_every_stage(project.run(), ALL_STAGES)
     assert figures["model"]["rel_fro"] < 1e-6  # the reference holds exactly the dequantised weights
 
 
@@ -48,17 +41,9 @@ def test_scale_per_input_channel_fails_at_attention(make_project):
         "return weight.to(torch.float32) * scale[:, None]",
         "return weight.to(torch.float32) * scale[None, :]",
     )
-    result = project.run("-k", "not bfloat16")
-    assert result.ret == 1
-    statuses = project.statuses()
-    assert statuses["weights"] == "passed"
-    assert statuses["component[input_norm-layer0]"] == "passed"
-    assert statuses["component[embedding]"] == "passed"
-    assert statuses["component[attention-layer0]"] == "failed"
-    assert statuses["component[mlp-layer0]"] == "failed"
-    assert statuses["model"] == "failed"
-    assert all(statuses[s] == "skipped" for s in ("compile", "generate", "golden"))
-    stages = {s["id"]: s for s in project.results()["stages"]}
-    assert "attention (layer 0) differs" in stages["component[attention-layer0]"]["message"]
-    assert stages["model"]["figures"]["first_divergence"] == "model.layers.0.self_attn"
-    assert "first divergent module: model.layers.0.self_attn" in stages["model"]["message"]
+    project.assert_caught(
+        project.run("-k", "not bfloat16"),
+        failing=("attention-layer0", "mlp-layer0"),
+        passing=("input_norm-layer0", "embedding"),
+        first_divergent="model.layers.0.self_attn",
+    )

@@ -46,13 +46,7 @@ def project(make_project):
 
 
 def test_correct_port_passes_every_stage(project):
-    result = project.run()
-    result.assert_outcomes(passed=len(ALL_STAGES))
-    assert result.ret == 0
-    data = project.results()
-    assert data["passed"] is True
-    assert [s["id"] for s in data["stages"]] == ALL_STAGES
-    assert {s["id"]: s for s in data["stages"]}["golden"]["figures"]["token_match"] >= 0.95
+    project.assert_passes_every_stage(project.run(), ALL_STAGES)
 
 
 @pytest.mark.parametrize(
@@ -68,17 +62,9 @@ def test_correct_port_passes_every_stage(project):
 def test_planted_qk_norm_bug_fails_at_attention(project, bug, first_divergent):
     for old, new in bug:
         project.replace(FILE, old, new)
-    result = project.run("-k", "not bfloat16")
-    assert result.ret == 1
-    statuses = project.statuses()
-    assert statuses["weights"] == "passed"
-    assert statuses["component[q_norm-layer0]"] == "passed"
-    assert statuses["component[attention-layer0]"] == "failed"
-    assert statuses["component[mlp-layer0]"] == "passed"
-    assert statuses["model"] == "failed"
-    assert all(statuses[s] == "skipped" for s in ("compile", "generate", "golden"))
-    stages = {s["id"]: s for s in project.results()["stages"]}
-    assert "attention (layer 0) differs" in stages["component[attention-layer0]"]["message"]
-    assert stages["model"]["figures"]["first_divergence"] == first_divergent
-    assert f"first divergent module: {first_divergent}" in stages["model"]["message"]
-    assert "Traceback" not in result.stdout.str()
+    project.assert_caught(
+        project.run("-k", "not bfloat16"),
+        failing=("attention-layer0",),
+        passing=("q_norm-layer0", "mlp-layer0"),
+        first_divergent=first_divergent,
+    )

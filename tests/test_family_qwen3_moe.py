@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import pytest
 
-DOWNSTREAM = ("compile", "generate", "golden")
-
 
 def test_correct_port_passes_every_stage(make_project):
     project = make_project("qwen3_moe")
@@ -54,24 +52,14 @@ def test_correct_port_passes_every_stage(make_project):
 def test_moe_bug_fails_at_its_component(make_project, file, correct, buggy, failing):
     project = make_project("qwen3_moe")
     project.replace(file, correct, buggy)
-    result = project.run("-k", "not bfloat16")
-    assert result.ret == 1
-    statuses = project.statuses()
-    assert statuses["weights"] == "passed"
-    assert statuses["component[router-layer0]"] == "passed"  # the gate's logits are still right
-    assert statuses["component[mlp-layer1]"] == "passed"  # the dense layer has no experts
-    assert statuses[f"component[{failing}]"] == "failed"
-    name, layer = failing.rsplit("-layer", 1)
-    assert f"{name} (layer {layer}) differs" in project.stage(f"component[{failing}]")["message"]
-    for component in ("mlp-layer0", "mlp-layer2"):
-        assert statuses[f"component[{component}]"] == "failed"
     # the experts check feeds both sides HF's routing: only expert bugs fail it
+    experts = ("experts-layer0",)
     expert_bug = failing.startswith("experts")
-    assert statuses["component[experts-layer0]"] == ("failed" if expert_bug else "passed")
-    model = project.stage("model")
-    assert model["status"] == "failed"
-    # localisation runs each model on its own routing, so a routing bug shows in the experts' output too
-    assert model["figures"]["first_divergence"] in ("model.layers.0.mlp.experts", "model.layers.0.mlp")
-    for stage in DOWNSTREAM:
-        assert statuses[stage] == "skipped"
-    assert "Traceback" not in result.stdout.str()
+    project.assert_caught(
+        project.run("-k", "not bfloat16"),
+        failing=("mlp-layer0", "mlp-layer2", *(experts if expert_bug else ())),
+        # the gate's logits are still right; the dense layer 1 has no experts
+        passing=("router-layer0", "mlp-layer1", *(experts if not expert_bug else ())),
+        # localisation runs each model on its own routing, so a routing bug shows in the experts' output too
+        first_divergent=("model.layers.0.mlp.experts", "model.layers.0.mlp"),
+    )

@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from pytest_autoport.checkpoint import CORPUS
+from pytest_autoport.spec import load_spec
+
 FILE = "t5/modeling_t5.py"
 PER_LAYER = (
     "encoder_attention",
@@ -43,19 +46,19 @@ def project(make_project):
 
 
 def test_correct_port_passes_every_stage(project):
-    result = project.run()
-    result.assert_outcomes(passed=len(ALL_STAGES))
-    assert result.ret == 0
-    data = project.results()
-    assert data["passed"] is True
-    assert [s["id"] for s in data["stages"]] == ALL_STAGES
-    figures = {s["id"]: s["figures"] for s in data["stages"]}
+    figures = project.assert_passes_every_stage(project.run(), ALL_STAGES)
     assert figures["compile"]["graphs"] == 8  # 3 encoder, 3 decoder context-encoding, 2 token-generation
     used = figures["generate"]["buckets_used"].split(",")
     assert "encoder_16" in used and "context_encoding_16" in used
     assert {"token_generation_16", "token_generation_64"} <= set(used)  # decoding crosses buckets
-    assert figures["golden"]["token_match"] >= 0.95
     assert figures["golden"]["teacher_forced_match"] >= 0.95
+    # trained to continue a passage: greedy output is the corpus text after the prompt, under the
+    # default degeneracy gates
+    corpus = " ".join(CORPUS.read_text().split())
+    prompts = load_spec(project.spec, project.root, check_imports=False).validation.prompts
+    for prompt, text in zip(prompts, figures["generate"]["texts"], strict=True):
+        assert len(text.split()) >= 10
+        assert prompt + text.rstrip() in corpus
 
 
 @pytest.mark.parametrize(
@@ -81,20 +84,12 @@ def test_correct_port_passes_every_stage(project):
 )
 def test_planted_bug_fails_at_its_component(project, bug, failing, first_divergent):
     project.replace(FILE, *bug)
-    result = project.run("-k", "not bfloat16")  # the FP32 checks catch both; halves the run
-    assert result.ret == 1
-    statuses = project.statuses()
-    assert statuses["weights"] == "passed"
-    assert statuses[f"component[{failing}-layer0]"] == "failed"
-    stage = project.stage(f"component[{failing}-layer0]")
-    assert f"{failing} (layer 0) differs" in stage["message"]
-    assert statuses["model"] == "failed"
-    model = project.stage("model")
-    assert model["figures"]["first_divergence"] == first_divergent
-    assert f"first divergent module: {first_divergent}" in model["message"]
-    for downstream in ("compile", "generate", "golden"):
-        assert statuses[downstream] == "skipped"
-    assert "Traceback" not in result.stdout.str()
+    project.assert_caught(
+        project.run("-k", "not bfloat16"),  # the FP32 checks catch both; halves the run
+        failing=(f"{failing}-layer0",),
+        passing=("embedding",),
+        first_divergent=first_divergent,
+    )
 
 
 @pytest.mark.parametrize(

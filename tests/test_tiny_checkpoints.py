@@ -68,6 +68,47 @@ def test_bad_tiny_kind_names_the_field(tmp_path):
     assert not (tmp_path / "w").exists()
 
 
+@pytest.mark.parametrize(
+    ("field", "value"), [("train_steps", 0), ("train_steps", 2.5), ("train_lr", "fast"), ("train_lr", -1e-3)]
+)
+def test_bad_training_parameters_name_the_field(tmp_path, field, value):
+    from pytest_autoport.errors import SpecError
+
+    with pytest.raises(SpecError) as info:
+        resolve_weights(llama_spec(tmp_path / "w", **{field: value}))
+    assert info.value.field == f"tiny.{field}"
+    assert not (tmp_path / "w").exists()
+
+
+def test_encoder_decoder_tokenizer_closes_inputs_with_eos(tiny_weights):
+    from transformers import AutoTokenizer
+
+    t5 = AutoTokenizer.from_pretrained(tiny_weights("t5"))
+    llama = AutoTokenizer.from_pretrained(tiny_weights("llama"))
+    assert t5("The days of the week")["input_ids"][-1] == t5.eos_token_id
+    assert llama("The days of the week")["input_ids"][-1] != llama.eos_token_id
+
+
+def test_continuation_batches_pair_a_passage_with_the_text_after_it():
+    import torch
+
+    from pytest_autoport.checkpoint import build_tokenizer, close_inputs_with_eos
+    from pytest_autoport.tiny_training import TARGET_TOKENS, _continuation_batches
+
+    tokenizer = build_tokenizer(1024)
+    close_inputs_with_eos(tokenizer)
+    ids = torch.tensor(tokenizer(CORPUS.read_text(), add_special_tokens=False)["input_ids"])
+    batch = next(_continuation_batches(ids, tokenizer, torch.Generator().manual_seed(0), 8))
+    text = tokenizer.decode(ids)
+    for row, mask, labels in zip(batch["input_ids"], batch["attention_mask"], batch["labels"]):
+        source = row[mask.bool()].tolist()
+        assert source[-1] == tokenizer.eos_token_id and tokenizer.eos_token_id not in source[:-1]
+        assert len(labels) == TARGET_TOKENS
+        continuation = tokenizer.decode(labels)
+        assert continuation[0].isspace()  # passages end where a word ends
+        assert tokenizer.decode(source[:-1]) + continuation in text
+
+
 def test_trained_model_continues_corpus_text(port_project):
     port_project.run("-k", "generate")
     texts = port_project.stage("generate")["figures"]["texts"]
