@@ -112,13 +112,20 @@ class PortProject:
     def statuses(self) -> dict[str, str]:
         return {s["id"]: s["status"] for s in self.results()["stages"]}
 
-    def assert_passes_every_stage(self, result: pytest.RunResult, stage_ids: list[str]) -> dict:
-        """Every stage passed, in ``stage_ids`` order, golden included; returns the figures by stage id."""
+    def assert_passes_every_stage(self, result: pytest.RunResult, components: list[str]) -> dict:
+        """The whole verdict ran in stage order, with each of ``components`` (``mlp-layer0``) checked
+        in FP32 then bf16, and every stage passed; returns the figures by stage id."""
+        stage_ids = (
+            ["env", "weights"]
+            + [f"component[{c}]" for c in components]
+            + [f"component[{c}-bfloat16]" for c in components]
+            + ["model", "model[bfloat16]", "compile", "generate", "golden"]
+        )
         result.assert_outcomes(passed=len(stage_ids))
         assert result.ret == 0
         data = self.results()
         assert data["passed"] is True
-        assert [s["id"] for s in data["stages"]] == list(stage_ids)
+        assert [s["id"] for s in data["stages"]] == stage_ids
         figures = {s["id"]: s["figures"] for s in data["stages"]}
         assert figures["golden"]["token_match"] >= 0.95
         return figures
