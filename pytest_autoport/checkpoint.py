@@ -19,6 +19,7 @@ from filelock import FileLock
 
 from .errors import AutoportError, SpecError
 from .spec import PortSpec
+from .tiny_training import TRAINER_SOURCE, train_on_corpus
 
 TINY_MARKER = "autoport_tiny.json"
 CORPUS = Path(__file__).parent / "data" / "tiny_corpus.txt"
@@ -96,8 +97,6 @@ def _tiny_recipe(spec: PortSpec) -> dict:
     import transformers
 
     overrides = dict(spec.tiny)
-    from .tiny_training import TRAINER_SOURCE
-
     recipe = {
         "hf_model_class": spec.model.hf_model_class,
         "overrides": overrides,
@@ -159,8 +158,6 @@ def _materialise_tiny(spec: PortSpec, recipe: dict, dest: Path) -> None:
         model = model_cls(config).eval()
         training = None
         if kind == "trained":
-            from .tiny_training import train_on_corpus
-
             training = train_on_corpus(
                 model,
                 tokenizer,
