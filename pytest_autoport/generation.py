@@ -66,14 +66,9 @@ def generate(
     pad_id: int = 0,
 ) -> GenerationResult:
     context_buckets = sorted(context_graphs)
-    generator = torch.Generator().manual_seed(params.seed)
-    tokens: list[list[int]] = []
-    ttft = decode_s = 0.0
-    steps = 0
     used: set[str] = set()
-    start = time.perf_counter()
-    for first in range(0, len(prompts), batch_size):
-        group = prompts[first : first + batch_size]
+
+    def prefill(group: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         rows = group + [group[0]] * (batch_size - len(group))  # fill the static batch
         lengths = torch.tensor([len(r) for r in rows])
         longest = int(lengths.max())
@@ -92,26 +87,10 @@ def generate(
         for i, row in enumerate(rows):
             input_ids[i, : len(row)] = torch.tensor(row)
         positions = torch.arange(bucket).expand(batch_size, bucket).contiguous()
-
-        reset_cache()
-        t0 = time.perf_counter()
         logits = context_graphs[bucket](input_ids, positions)
-        next_ids = choose_next(logits[torch.arange(batch_size), lengths - 1], params, generator)
-        if first == 0:
-            ttft = time.perf_counter() - t0
-        t1 = time.perf_counter()
-        out, taken = _decode(next_ids, lengths, params, generator, token_graphs, used)
-        steps += taken
-        decode_s += time.perf_counter() - t1
-        tokens.extend(_cut_at_eos(out[i].tolist(), params.eos_token_id) for i in range(len(group)))
-    return GenerationResult(
-        tokens=tokens,
-        ttft_s=ttft,
-        decode_s=decode_s,
-        decode_steps=steps,
-        total_s=time.perf_counter() - start,
-        buckets_used=sorted(used),
-    )
+        return logits[torch.arange(batch_size), lengths - 1], lengths
+
+    return _generate_in_batches(prompts, params, prefill, token_graphs, reset_cache, batch_size, used)
 
 
 def score(
@@ -137,6 +116,46 @@ def score(
         reset_cache()
         out.append(context_graphs[bucket](input_ids, positions)[0, : len(seq)].float())
     return out
+
+
+def _generate_in_batches(
+    prompts: list[list[int]],
+    params: SamplingParams,
+    prefill: Callable[[list[list[int]]], tuple[torch.Tensor, torch.Tensor]],
+    token_graphs: dict[int, Graph],
+    reset_cache: Callable[[], None],
+    batch_size: int,
+    used: set[str],
+) -> GenerationResult:
+    """One static batch of prompts at a time: ``prefill(group)`` runs context encoding on a fresh cache
+    and returns each row's next-token logits [batch, vocab] and the position its first new token is
+    written at [batch]; token generation follows. Times the first batch's first token and all decoding."""
+    generator = torch.Generator().manual_seed(params.seed)
+    tokens: list[list[int]] = []
+    ttft = decode_s = 0.0
+    steps = 0
+    start = time.perf_counter()
+    for first in range(0, len(prompts), batch_size):
+        group = prompts[first : first + batch_size]
+        reset_cache()
+        t0 = time.perf_counter()
+        logits, positions = prefill(group)
+        next_ids = choose_next(logits, params, generator)
+        if first == 0:
+            ttft = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        out, taken = _decode(next_ids, positions, params, generator, token_graphs, used)
+        steps += taken
+        decode_s += time.perf_counter() - t1
+        tokens.extend(_cut_at_eos(out[i].tolist(), params.eos_token_id) for i in range(len(group)))
+    return GenerationResult(
+        tokens=tokens,
+        ttft_s=ttft,
+        decode_s=decode_s,
+        decode_steps=steps,
+        total_s=time.perf_counter() - start,
+        buckets_used=sorted(used),
+    )
 
 
 def _decode(next_ids, start, params, generator, token_graphs, used) -> tuple[torch.Tensor, int]:
@@ -226,22 +245,14 @@ def generate_seq2seq(
 ) -> GenerationResult:
     """Encoder once per prompt, decoder context encoding of the start token (which fills the
     cross-attention cache), then one token-generation step per new token through the decoder KV cache."""
-    context_buckets = sorted(context_graphs)
     if 1 + params.max_new_tokens > max_seq_len:
         raise StageFailure(
             f"the decoder start token + {params.max_new_tokens} new tokens exceeds port.max_seq_len ({max_seq_len})"
         )
-    generator = torch.Generator().manual_seed(params.seed)
-    tokens: list[list[int]] = []
-    ttft = decode_s = 0.0
-    steps = 0
+    first_bucket = min(context_graphs)
     used: set[str] = set()
-    start = time.perf_counter()
-    first_bucket = context_buckets[0]
-    for first in range(0, len(prompts), batch_size):
-        group = prompts[first : first + batch_size]
-        reset_cache()
-        t0 = time.perf_counter()
+
+    def prefill(group: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         encoder_hidden, encoder_mask, bucket = encode_sources(
             group, encoder_graphs, batch_size=batch_size, max_seq_len=max_seq_len, pad_id=pad_id
         )
@@ -250,24 +261,9 @@ def generate_seq2seq(
         decoder_ids[:, 0] = decoder_start_id
         positions = torch.arange(first_bucket).expand(batch_size, first_bucket).contiguous()
         logits = context_graphs[first_bucket](decoder_ids, positions, encoder_hidden, encoder_mask)
-        next_ids = choose_next(logits[:, 0], params, generator)
-        if first == 0:
-            ttft = time.perf_counter() - t0
-        t1 = time.perf_counter()
-        out, taken = _decode(
-            next_ids, torch.ones(batch_size, dtype=torch.long), params, generator, token_graphs, used
-        )
-        steps += taken
-        decode_s += time.perf_counter() - t1
-        tokens.extend(_cut_at_eos(out[i].tolist(), params.eos_token_id) for i in range(len(group)))
-    return GenerationResult(
-        tokens=tokens,
-        ttft_s=ttft,
-        decode_s=decode_s,
-        decode_steps=steps,
-        total_s=time.perf_counter() - start,
-        buckets_used=sorted(used),
-    )
+        return logits[:, 0], torch.ones(batch_size, dtype=torch.long)
+
+    return _generate_in_batches(prompts, params, prefill, token_graphs, reset_cache, batch_size, used)
 
 
 def score_seq2seq(
