@@ -88,3 +88,34 @@ def test_corrupt_artifact_met_during_a_run_is_rebuilt_and_reported(port_project)
     assert figures["compiled"] is True
     assert "token_generation" in figures["rebuilt_after"]
     assert port_project.stage("generate")["status"] == "passed"
+
+
+def test_port_sources_follow_imports_into_sibling_packages(tmp_path):
+    """A port built on another port (int8 on llama) must recompile when that port changes."""
+    from pytest_autoport.stages.compile import port_sources
+
+    root = tmp_path / "neuron_port"
+    files = {
+        "common/attention.py": "import torch\n",
+        "base/modeling.py": "from neuron_port.common.attention import x\n",
+        "derived/modeling.py": "from neuron_port.base.modeling import y\n",
+        "relative/modeling.py": "from ..derived import modeling\nfrom . import helpers\n",
+        "relative/helpers.py": "",
+        "broken/modeling.py": "import neuron_port.base\n",
+        "broken/scratch.py": "def oops(:\n",
+        "unrelated/modeling.py": "",
+    }
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+
+    def packages(port: str) -> set[str]:
+        return {p.parent.name for p in port_sources(root / port)}
+
+    assert packages("base") == {"base", "common"}
+    assert packages("derived") == {"derived", "base", "common"}
+    assert packages("relative") == {"relative", "derived", "base", "common"}
+    assert packages("broken") == {"broken", "base", "common"}
+    assert packages("unrelated") == {"unrelated"}
+    repo_int8 = Path(__file__).resolve().parents[1] / "neuron_port" / "int8"
+    assert {"llama", "common"} <= {p.parent.name for p in port_sources(repo_int8)}

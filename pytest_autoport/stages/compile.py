@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import hashlib
 from dataclasses import asdict
+from pathlib import Path
 
 from ..targets.base import CompileResult
 
@@ -11,11 +13,7 @@ from ..targets.base import CompileResult
 def key_inputs(session) -> dict:
     """Everything that changes a compiled artifact. Leaving one out means reusing stale graphs."""
     spec = session.spec
-    port_dir = spec.port_class_file.parent
-    sources = sorted(p for p in port_dir.rglob("*.py") if "__pycache__" not in p.parts)
-    common = port_dir.parent / "common"
-    if common.is_dir() and common != port_dir:
-        sources += sorted(p for p in common.rglob("*.py") if "__pycache__" not in p.parts)
+    sources = port_sources(spec.port_class_file.parent)
     return {
         "spec": spec.name,
         "spec_sha256": hashlib.sha256(spec.path.read_bytes()).hexdigest(),
@@ -33,6 +31,46 @@ def key_inputs(session) -> dict:
         "compiler": spec.port.compiler,
         "versions": session.target.versions(),
     }
+
+
+def port_sources(port_dir: Path) -> list[Path]:
+    """The port package's files and those of every sibling package it imports, directly or through
+    another (``neuron_port.common``, or a port built on another port such as int8 on llama)."""
+    root = port_dir.parent
+    packages, todo = set(), [port_dir]
+    while todo:
+        package = todo.pop()
+        if package in packages or not package.is_dir():
+            continue
+        packages.add(package)
+        for file in _python_files(package):
+            todo += (root / name for name in _sibling_imports(file, root))
+    return sorted(file for package in packages for file in _python_files(package))
+
+
+def _python_files(package: Path) -> list[Path]:
+    return [p for p in package.rglob("*.py") if "__pycache__" not in p.parts]
+
+
+def _sibling_imports(file: Path, root: Path) -> set[str]:
+    """Names of the packages under ``root`` that ``file`` imports, absolutely or relatively."""
+    try:
+        tree = ast.parse(file.read_bytes(), filename=str(file))
+    except SyntaxError:  # a file the port does not import (it would have failed to load): hashed only
+        return set()
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import) or (isinstance(node, ast.ImportFrom) and node.level == 0):
+            modules = [alias.name for alias in node.names] if isinstance(node, ast.Import) else [node.module]
+            for head, _, rest in (module.partition(".") for module in modules):
+                if head == root.name and rest:
+                    names.add(rest.split(".")[0])
+        elif isinstance(node, ast.ImportFrom):  # relative: level 1 is the file's own package
+            package = file.parent.relative_to(root).parts
+            base = package[: max(0, len(package) - node.level + 1)]
+            targets = [node.module] if node.module else [alias.name for alias in node.names]
+            names.update([base[0]] if base else [t.split(".")[0] for t in targets])
+    return names
 
 
 def compile_port(session):
