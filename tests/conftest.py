@@ -164,11 +164,16 @@ class PortProject:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _torch_modules_loaded(tmp_path_factory):
-    """Import torch.export's lazy modules (and the torch.distributed ones they pull in) once per test
-    process. Tests that restore ``sys.modules`` afterwards (pytester's in-process runs, the contract
-    tests' stand-in) would otherwise drop them, and torch cannot register their operators twice."""
+def _heavy_modules_loaded(tmp_path_factory):
+    """Import, once per test process, the modules that must never be imported twice: torch.export's
+    lazy modules (torch cannot register their operators again) and the transformers classes of every
+    bundled spec (a second import makes new classes that fail the first ones' isinstance checks).
+    ``pytester`` restores ``sys.modules`` after each test, and the contract tests' stand-in does too,
+    so anything first imported inside such a test would be dropped and imported again later."""
     import torch
+    import transformers
+
+    from pytest_autoport.spec import load_spec
 
     class Tiny(torch.nn.Module):
         def forward(self, x):
@@ -177,6 +182,12 @@ def _torch_modules_loaded(tmp_path_factory):
     path = tmp_path_factory.mktemp("export") / "tiny.pt2"
     torch.export.save(torch.export.export(Tiny(), (torch.ones(1),)), path)
     torch.export.load(path).module()(torch.ones(1))
+
+    for spec_file in sorted((REPO / "port_specs").glob("*.toml")):
+        spec = load_spec(spec_file, REPO, check_imports=False)
+        getattr(transformers, spec.model.hf_model_class)
+        transformers.AutoConfig.for_model(spec.tiny["model_type"])
+    transformers.PreTrainedTokenizerFast, transformers.AutoTokenizer  # noqa: B018
 
 
 @pytest.fixture

@@ -73,7 +73,7 @@ def test_artifact_store_fixture_lists_entries(port_project):
             assert states == ["ready"]
         """
     )
-    result = port_project.pytester.runpytest("test_store.py", "-p", "no:cacheprovider")
+    result = port_project.pytester.runpytest_subprocess("test_store.py", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
     assert Path(port_project.root / "agent_artifacts" / "data" / "compiled_model").is_dir()
 

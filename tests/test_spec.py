@@ -97,6 +97,6 @@ def test_bad_spec_fails_collection_cleanly(port_project):
 
 
 def test_missing_spec_is_a_usage_error(pytester):
-    result = pytester.runpytest("--autoport-model=nothere")
+    result = pytester.runpytest_subprocess("--autoport-model=nothere")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*nothere.toml: no such spec file*"])
