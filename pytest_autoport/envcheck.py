@@ -120,7 +120,7 @@ for key, module, dist, probes in json.loads(sys.argv[1]):
             r["version"] = str(r["version"])
         path = list(getattr(mod, "__path__", []) or [])
         f = getattr(mod, "__file__", None)
-        r["location"] = path[0] if path else (os.path.dirname(f) if f else None)
+        r["location"] = str(path[0]) if path else (os.path.dirname(f) if f else None)
     emit("result", r)
 """
 
@@ -464,7 +464,7 @@ def _package_dir(module: str) -> str:
         return ""
     locations = list(spec.submodule_search_locations or [])
     if locations:
-        return locations[0]
+        return str(locations[0])  # some packages (transformers) put Path objects in __path__
     return os.path.dirname(spec.origin) if spec.origin and spec.origin != "built-in" else ""
 
 

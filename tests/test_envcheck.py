@@ -311,7 +311,9 @@ def test_check_env_ready(fake_site):
     assert list(paths) == ["NXDI_SRC", "NXD_SRC", "TRANSFORMERS_SRC"]
     assert paths["NXDI_SRC"] == str(fake_site / "neuronx_distributed_inference")
     transformers = importlib.util.find_spec("transformers")
-    assert paths["TRANSFORMERS_SRC"] == (transformers.submodule_search_locations[0] if transformers else "")
+    assert paths["TRANSFORMERS_SRC"] == (
+        str(transformers.submodule_search_locations[0]) if transformers else ""
+    )
 
 
 def test_check_env_missing_exits_1(fake_site):
