@@ -16,6 +16,7 @@ from .errors import AutoportError, SpecError, StageFailure, TargetUnavailable
 from .results import FIGURE_PREFIX, StageRecord, Verdict, format_table, write_outputs
 from .session import AutoportSession, Options
 from .spec import PortSpec, find_spec_file, load_spec
+from .spec_checks import spec_warnings
 
 STATE = pytest.StashKey["AutoportState"]()
 
@@ -163,6 +164,7 @@ class SpecFile(pytest.File):
                 golden_mode=state.option("autoport_golden_mode"),
             )
             session = AutoportSession(spec, options)
+            session.check_inputs()
             num_layers = session.hf_config.num_hidden_layers
             present = {(name, layer) for name, _, _, layer in session.module_paths}
         except AutoportError as exc:
@@ -251,6 +253,7 @@ class VerdictReporter:
                 target=state.option("autoport_target") or target,
                 dtype=state.option("autoport_dtype") or dtype,
                 dry_run=bool(state.option("autoport_dry_run")),
+                warnings=spec_warnings(spec) if spec else [],
             )
         return self.verdict
 

@@ -39,6 +39,7 @@ class Verdict:
     versions: dict = field(default_factory=dict)
     stages: list[StageRecord] = field(default_factory=list)
     error: str = ""  # a failure before any stage ran (a bad spec)
+    warnings: list[str] = field(default_factory=list)  # the spec is valid but checks less than it could
     started_at: float = field(default_factory=time.time)
 
     @property
@@ -67,6 +68,7 @@ class Verdict:
             "started_at": self.started_at,
             "duration_s": round(time.time() - self.started_at, 3),
             "stages": [asdict(s) for s in self.stages],
+            "warnings": self.warnings,
         }
 
 
@@ -109,6 +111,7 @@ def format_table(verdict: Verdict) -> list[str]:
     generated = next((s.figures.get("texts") for s in verdict.stages if s.stage == "generate"), None)
     for i, text in enumerate(generated or []):
         lines.append(f"generated[{i}]: {text!r}")
+    lines += [f"warning: {w}" for w in verdict.warnings]
     lines.append(
         f"verdict: {'PASSED' if verdict.passed else 'FAILED'} ({verdict.model}, target {verdict.target}, "
         f"{verdict.weights.get('kind', '?')} weights)"
@@ -146,6 +149,7 @@ def port_summary(verdict: Verdict) -> str:
         f"- versions: {', '.join(f'{k} {v}' for k, v in verdict.versions.items())}",
         "",
     ]
+    lines[-1:-1] = [f"- warning: {w}" for w in verdict.warnings]
     if verdict.error:
         lines += ["## Error", "", "```", verdict.error, "```", ""]
     lines += ["| stage | status | key figure |", "|---|---|---|"]

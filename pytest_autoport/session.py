@@ -32,6 +32,14 @@ class AutoportSession:
         self.options = options
         self.target_name = options.target or spec.port.target
 
+    def check_inputs(self) -> None:
+        """Spec input that only the model can judge, checked at collection: ``[tiny]`` keys (before a
+        tiny checkpoint is trained), prompt lengths against the buckets, component layer indices."""
+        from .spec_checks import check_against_model, check_tiny_keys
+
+        check_tiny_keys(self.spec)
+        check_against_model(self.spec, self.prompt_ids, self.hf_config.num_hidden_layers)
+
     # -- locations ---------------------------------------------------------------------------------
     @property
     def artifacts(self) -> Path:
@@ -133,11 +141,19 @@ class AutoportSession:
 
     def run_port_model(self, port):
         """Eager full forward of the port over the probe: logits [batch, seq, vocab]."""
-        if self.is_encoder_decoder:
-            if not hasattr(self.target, "run_seq2seq"):
-                raise StageFailure(f"target {self.target_name!r} does not run encoder-decoder ports")
-            return self.target.run_seq2seq(port, self.probe_ids, self.decoder_probe_ids)
-        return self.target.run_model(port, self.probe_ids)
+        with self.own_modules_only(port):
+            if self.is_encoder_decoder:
+                if not hasattr(self.target, "run_seq2seq"):
+                    raise StageFailure(f"target {self.target_name!r} does not run encoder-decoder ports")
+                return self.target.run_seq2seq(port, self.probe_ids, self.decoder_probe_ids)
+            return self.target.run_model(port, self.probe_ids)
+
+    def own_modules_only(self, port):
+        """A block in which ``port`` must run only its own modules (see ``delegation``). NxDI drives
+        the port through wrapper modules of its own, so there only transformers models are flagged."""
+        from .delegation import own_modules_only
+
+        return own_modules_only(port, foreign_weights=self.target_name == "torch")
 
     @cached_property
     def hf_skeleton(self):

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import SpecError
+from .spec_checks import check_text
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -204,6 +205,11 @@ def find_spec_file(name_or_path: str, project_root: Path) -> Path:
         path = candidate if candidate.is_absolute() else project_root / candidate
     else:
         path = project_root / "port_specs" / f"{name_or_path}.toml"
+    folder = candidate if candidate.is_absolute() else project_root / candidate
+    if not path.is_file() and folder.is_dir():
+        specs = sorted(p.name for p in folder.glob("*.toml"))
+        listed = f"; specs in it: {', '.join(specs)}" if specs else ""
+        raise SpecError(folder, None, f"is a folder, not a spec file: name one spec file{listed}")
     if not path.is_file():
         available = sorted(p.stem for p in (project_root / "port_specs").glob("*.toml"))
         hint = f" (specs in port_specs/: {', '.join(available)})" if available else ""
@@ -309,6 +315,7 @@ def _describe(hint) -> str:
 
 def _check_semantics(spec: PortSpec) -> None:
     p, path = spec.port, spec.path
+    check_text(spec)
     if p.target not in TARGETS:
         raise SpecError(path, "port.target", f"unknown target {p.target!r}; expected one of {TARGETS}")
     if p.dtype not in DTYPES:

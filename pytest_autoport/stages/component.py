@@ -46,7 +46,8 @@ def run(session, component, layer, dtype=None) -> dict:
         if encoder_hidden is not None:
             inputs["encoder_hidden_states"] = encoder_hidden
         inputs["hf_args"], inputs["hf_kwargs"] = capture.args, capture.kwargs
-        actual = first_tensor(session.target.run_component(module, component.call_kind, inputs))
+        with session.own_modules_only(session.port):
+            actual = first_tensor(session.target.run_component(module, component.call_kind, inputs))
         return {**figures, **check_fp32(actual, capture.output, where, plot)}
 
     lp = getattr(torch, dtype)
@@ -62,7 +63,8 @@ def run(session, component, layer, dtype=None) -> dict:
         inputs["encoder_hidden_states"] = encoder_hidden.to(lp)
     inputs["hf_args"] = (hidden_lp, *cast_floats(capture.args[1:], lp)) if capture.args else ()
     inputs["hf_kwargs"] = cast_floats(capture.kwargs, lp)
-    port_lp = first_tensor(session.target.run_component(module, component.call_kind, inputs))
+    with session.own_modules_only(session.port_lp):
+        port_lp = first_tensor(session.target.run_component(module, component.call_kind, inputs))
     band = tuple(component.r_band) if component.r_band else DEFAULT_BAND
     return {
         **figures,
