@@ -255,6 +255,8 @@ class AutoportSession:
 
         port = self.target.build_port(self.spec, self.hf_config, torch.float32)
         convert = import_port_class(self.spec).convert_hf_to_neuron_state_dict
+        if hasattr(self.target, "conversion"):  # the target's loader steps around the port's conversion
+            convert = self.target.conversion(port, convert)
         hf_state, port_state = self.target.mapping_view(port, self.hf_state_dict)
         return check_mapping(convert, hf_state, port.config, port_state), port
 
