@@ -93,7 +93,6 @@ class NxdiCompiledModel:
             return out
 
         app.forward = timed_forward  # the adapter takes app.forward when it is built, below
-        self._forward = forward
         hf_adapter = nxdi(f"{NXDI}.utils.hf_adapter")
         with step("HuggingFaceGenerationAdapter(app)"):
             self.adapter = hf_adapter.HuggingFaceGenerationAdapter(app)
@@ -203,7 +202,7 @@ class NxdiCompiledModel:
                 if prefix == 2:
                     logits.append(result.logits[0, -1].float())
                 for t in range(2, len(seq)):
-                    result = self._forward(
+                    result = self.app.forward(
                         input_ids=ids[:, t : t + 1],
                         attention_mask=torch.ones(batch, t, dtype=torch.long),
                         position_ids=torch.full((batch, 1), t),
@@ -223,7 +222,7 @@ class NxdiCompiledModel:
         model = self._eager_model()
         handle = model.norm.register_forward_hook(lambda m, a, o: seen.append(o)) if model else None
         try:
-            result = self._forward(
+            result = self.app.forward(
                 input_ids=ids,
                 attention_mask=torch.ones(batch, length, dtype=torch.long),
                 position_ids=torch.arange(length).expand(batch, length),

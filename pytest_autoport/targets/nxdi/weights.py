@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import warnings
+from contextlib import contextmanager
 
 import torch
 
@@ -68,7 +69,7 @@ def conversion(app_cls, model, rank: int = 0):
             app_cls.update_state_dict_for_tied_weights(converted)
         before = dict(converted)
         staged = _ShardingTracker(before)
-        with warnings.catch_warnings(record=True) as caught:
+        with warnings.catch_warnings(record=True) as caught, _recording_preshard_hooks(trace, staged):
             warnings.simplefilter("always")
             trace.get_sharded_checkpoint(staged, model, rank, config.neuron_config.tp_degree)
         dropped = _dropped_keys(caught) - staged.read  # dropped without any pre-shard hook reading them
@@ -84,13 +85,37 @@ def conversion(app_cls, model, rank: int = 0):
 
 
 class _ShardingTracker(ReadTracker):
-    """Reads during NxD's sharding. Its clean-up of keys the model lacks is ``pop(key, None)``, which
-    is no use of the tensor: only pre-shard hooks' reads (``[]``, ``get``) count."""
+    """Reads of NxD's pre-shard hooks only (``invoke_preshard_hook``): its duplicate check reads
+    every tensor and its clean-up pops the keys the model lacks, neither of which uses a tensor."""
+
+    recording = False
+
+    def __getitem__(self, key):
+        return super().__getitem__(key) if self.recording else dict.__getitem__(self, key)
+
+    def get(self, key, default=None):
+        return super().get(key, default) if self.recording else dict.get(self, key, default)
 
     def pop(self, key, *default):
-        if default:
-            return dict.pop(self, key, *default)
-        return super().pop(key)
+        return super().pop(key, *default) if self.recording else dict.pop(self, key, *default)
+
+
+@contextmanager
+def _recording_preshard_hooks(trace, staged: _ShardingTracker):
+    hook = trace.invoke_preshard_hook
+
+    def recorded(module, checkpoint, prefix):  # NxD calls it recursively, through the module global
+        outer, staged.recording = staged.recording, True
+        try:
+            return hook(module, checkpoint, prefix)
+        finally:
+            staged.recording = outer
+
+    trace.invoke_preshard_hook = recorded
+    try:
+        yield
+    finally:
+        trace.invoke_preshard_hook = hook
 
 
 def _dropped_keys(caught) -> set[str]:
