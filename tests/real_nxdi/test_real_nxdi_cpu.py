@@ -230,3 +230,33 @@ def test_spec_shape_of_the_cpu_config(llama_nxdi_spec):
         dataclasses.replace(llama_nxdi_spec), torch.float32, tp_degree=1, on_cpu=False
     )
     assert device["context_encoding_buckets"] == [16, 32, 64]
+
+
+# -- the whole verdict on a CPU-only machine ---------------------------------------------------------------
+@pytest.mark.slow
+def test_llama_nxdi_verdict_runs_every_stage_but_compile_on_cpu(make_project):
+    project = make_project("llama_nxdi")
+    project.run("-k", "not bfloat16 and not component", "-W", "ignore")
+    statuses = project.statuses()
+    assert statuses == {
+        "env": "passed",
+        "weights": "passed",
+        "model": "passed",
+        "generate[cpu]": "passed",
+        "golden[cpu]": "passed",
+        "compile": "skipped",
+        "generate": "skipped",
+        "golden": "skipped",
+    }
+    assert "no NeuronCores" in project.stage("compile")["message"]
+    paths = {
+        s["id"]: s["figures"].get("path") for s in project.results()["stages"] if s["status"] == "passed"
+    }
+    assert paths == {
+        "env": None,
+        "weights": "cpu",
+        "model": "cpu",
+        "generate[cpu]": "cpu",
+        "golden[cpu]": "cpu",
+    }
+    assert project.stage("golden[cpu]")["figures"]["teacher_forced_match"] == 1.0

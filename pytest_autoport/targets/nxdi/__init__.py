@@ -173,6 +173,11 @@ class NxdiTarget:
         model.__dict__[APP_ATTR] = app
         return model.eval()
 
+    def port_in_dtype(self, spec: PortSpec, port: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+        """The port in a low precision: NxDI's own CPU build in that dtype (the FP32 application
+        holds a process group and cannot be deep-copied; NxDI casts the checkpoint as it loads)."""
+        return self.build_port(spec, None, dtype)
+
     def conversion(self, port: torch.nn.Module, convert):
         """The checkpoint conversion as NxDI's loader runs it (see ``weights``)."""
         app = app_of(port)
