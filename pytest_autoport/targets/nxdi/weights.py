@@ -12,7 +12,6 @@ state that no checkpoint fills.
 
 from __future__ import annotations
 
-import ast
 import warnings
 from contextlib import contextmanager
 
@@ -56,8 +55,9 @@ def conversion(app_cls, model, rank: int = 0):
 
     ``state_dict`` is check_mapping's mutable read-tracking copy. NxD's pre-shard hooks read (and
     fuse) tensors the port's conversion passed through untouched: those reads are credited to the
-    HF tensors they came from. Keys NxD drops as unknown to the model ("Removing redundant keys")
-    are put back, so they are reported as converted keys the port does not have."""
+    HF tensors they came from. Keys the model lacks are dropped, as NxD drops them ("Removing
+    redundant keys": conversions leave copied-from keys behind, e.g. Qwen3's ``q_norm``); a
+    misnamed key still shows, as the model tensor it failed to fill."""
     trace = nxdi("neuronx_distributed.trace.trace")
 
     def convert(state_dict, config):
@@ -69,17 +69,14 @@ def conversion(app_cls, model, rank: int = 0):
             app_cls.update_state_dict_for_tied_weights(converted)
         before = dict(converted)
         staged = _ShardingTracker(before)
-        with warnings.catch_warnings(record=True) as caught, _recording_preshard_hooks(trace, staged):
-            warnings.simplefilter("always")
+        with warnings.catch_warnings(), _recording_preshard_hooks(trace, staged):
+            warnings.filterwarnings("ignore", message=DROPPED_WARNING)
             trace.get_sharded_checkpoint(staged, model, rank, config.neuron_config.tp_degree)
-        dropped = _dropped_keys(caught) - staged.read  # dropped without any pre-shard hook reading them
         for key in staged.read:
             tensor = before.get(key)
             if isinstance(tensor, torch.Tensor) and storage_id(tensor) in origin:
                 state_dict.read.add(origin[storage_id(tensor)])
-        result = dict(staged)
-        result.update({key: before[key] for key in dropped if key in before})
-        return result
+        return dict(staged)
 
     return convert
 
@@ -116,15 +113,3 @@ def _recording_preshard_hooks(trace, staged: _ShardingTracker):
         yield
     finally:
         trace.invoke_preshard_hook = hook
-
-
-def _dropped_keys(caught) -> set[str]:
-    keys: set[str] = set()
-    for warning in caught:
-        text = str(warning.message)
-        if text.startswith(DROPPED_WARNING):
-            try:
-                keys.update(ast.literal_eval(text[len(DROPPED_WARNING) :].strip()))
-            except (ValueError, SyntaxError):
-                pass
-    return keys
