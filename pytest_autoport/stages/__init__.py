@@ -56,6 +56,7 @@ DEFAULT_TIMEOUTS = {  # seconds; a spec's [timeouts] table overrides them
     "golden": 3600,
     "generate[cpu]": 1800,  # nxdi without NeuronCores
     "golden[cpu]": 3600,
+    "sharding[tp=2]": 1800,
 }
 
 

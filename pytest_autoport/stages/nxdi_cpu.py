@@ -1,4 +1,5 @@
-"""The ``nxdi`` target's CPU path: generation and the golden check on NxDI's CPU-mode application.
+"""The ``nxdi`` target's CPU path: generation and the golden check on NxDI's CPU-mode application,
+and the ``sharding[tp=2]`` check (``sharding.py``).
 
 Without NeuronCores, ``compile`` and the device ``generate`` / ``golden`` skip; these items run the
 same checks through ``HuggingFaceGenerationAdapter`` over the application ``to_cpu()`` built for
@@ -11,7 +12,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 
-from . import generate, golden
+from . import generate, golden, sharding
 
 CPU_VIEW = "_autoport_nxdi_cpu_view"
 
@@ -60,5 +61,12 @@ def extend_plan(items: list, stage_def, planned_stage) -> list:
             _reporting_path(stage_def("golden[cpu]", run_golden, requires=("model",))), "golden[cpu]"
         ),
     ]
+    extra.append(
+        planned_stage(
+            _reporting_path(stage_def("sharding[tp=2]", sharding.run, requires=("model",))),
+            "sharding[tp=2]",
+            {"tp": 2},
+        )
+    )
     at = next((i for i, item in enumerate(items) if item.stage.name == "compile"), len(items))
     return items[:at] + extra + items[at:]

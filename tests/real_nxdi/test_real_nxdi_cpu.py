@@ -272,3 +272,30 @@ def test_user_port_with_swapped_mlp_projections_fails_at_the_mlp(make_project):
     project.run("-k", "mlp and not bfloat16", "-W", "ignore")
     assert project.statuses() == {"component[mlp-layer0]": "failed", "component[mlp-layer1]": "failed"}
     assert project.stage("component[mlp-layer0]")["figures"]["path"] == "cpu"
+
+
+# -- sharding[tp=2]: NxD's parallel layers in two gloo processes against tp 1 ------------------------------
+@pytest.mark.slow
+def test_sharding_stage_names_a_missing_all_reduce(make_project):
+    project = make_project("llama_nxdi_port")
+    project.replace(
+        "llama_nxdi/modeling_llama_nxdi.py",
+        "RowParallelLinear(i, h, bias=False, input_is_parallel=True, dtype=dtype)",
+        "RowParallelLinear(i, h, bias=False, input_is_parallel=True, dtype=dtype, reduce_output=False)",
+    )
+    project.run("-k", "sharding or (mlp and not bfloat16)", "-W", "ignore")
+    statuses = project.statuses()
+    assert statuses["component[mlp-layer0]"] == "passed", "at tp 1 the missing all-reduce changes nothing"
+    assert statuses["sharding[tp=2]"] == "failed"
+    stage = project.stage("sharding[tp=2]")
+    assert stage["figures"]["first_divergence"] == "layers.0.mlp"
+    assert "first module whose tp=2 output differs from tp=1: layers.0.mlp" in stage["message"]
+
+
+def test_a_rank_that_dies_stops_the_run_with_its_log(llama_nxdi_spec):
+    from pytest_autoport.errors import StageFailure
+    from pytest_autoport.targets.nxdi.sharding import run_sharded
+
+    broken = dataclasses.replace(llama_nxdi_spec, path=Path("/nonexistent/spec.toml"))
+    with pytest.raises(StageFailure, match=r"tp rank \d exited with code 1; the other ranks were stopped"):
+        run_sharded(broken, torch.tensor([[1, 2, 3]]), [], 2, timeout_s=120)
