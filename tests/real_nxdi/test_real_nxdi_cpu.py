@@ -299,3 +299,21 @@ def test_a_rank_that_dies_stops_the_run_with_its_log(llama_nxdi_spec):
     broken = dataclasses.replace(llama_nxdi_spec, path=Path("/nonexistent/spec.toml"))
     with pytest.raises(StageFailure, match=r"tp rank \d exited with code 1; the other ranks were stopped"):
         run_sharded(broken, torch.tensor([[1, 2, 3]]), [], 2, timeout_s=120)
+
+
+# -- a second family: NxDI's own Qwen3 (q/k norms, tied head) ----------------------------------------------
+def test_qwen3_weights_and_logits(tiny_weights):
+    from transformers import Qwen3ForCausalLM
+
+    from pytest_autoport.spec import load_spec
+
+    repo = Path(__file__).parents[2]
+    spec = load_spec(repo / "port_specs" / "qwen3_nxdi.toml", repo, check_imports=False)
+    weights = str(tiny_weights("qwen3_nxdi"))
+    spec = dataclasses.replace(spec, model=dataclasses.replace(spec.model, weights_path=weights))
+    port = NxdiTarget().build_port(spec, None, torch.float32)
+    report, _ = _mapping(spec, port)
+    assert report.ok, report.message()  # the conversion leaves q_norm / k_norm behind: NxD drops them
+    ids = torch.tensor([PROMPT])
+    hf = Qwen3ForCausalLM.from_pretrained(weights, torch_dtype="float32").eval()
+    assert rel(NxdiTarget().run_model(port, ids), hf(ids).logits) < 1e-5
