@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 
+from ..errors import StageFailure
 from . import generate, golden, sharding
 
 CPU_VIEW = "_autoport_nxdi_cpu_view"
@@ -39,10 +40,17 @@ def run_golden(session) -> dict:
 
 
 def _reporting_path(stage):
+    """The stage, reporting where it ran (passed or failed) in its figures."""
+
     def run(session, **params):
-        figures = stage.run(session, **params) or {}
         where = getattr(session.target, "stage_path", None)
         path = where(stage.name) if where is not None else None
+        try:
+            figures = stage.run(session, **params) or {}
+        except StageFailure as failure:
+            if path:
+                failure.figures["path"] = path
+            raise
         if path:
             figures["path"] = path
         return figures

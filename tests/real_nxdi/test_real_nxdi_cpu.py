@@ -243,6 +243,7 @@ def test_llama_nxdi_verdict_runs_every_stage_but_compile_on_cpu(make_project):
         "model": "passed",
         "generate[cpu]": "passed",
         "golden[cpu]": "passed",
+        "sharding[tp=2]": "passed",
         "compile": "skipped",
         "generate": "skipped",
         "golden": "skipped",
@@ -257,6 +258,7 @@ def test_llama_nxdi_verdict_runs_every_stage_but_compile_on_cpu(make_project):
         "model": "cpu",
         "generate[cpu]": "cpu",
         "golden[cpu]": "cpu",
+        "sharding[tp=2]": "cpu",
     }
     assert project.stage("golden[cpu]")["figures"]["teacher_forced_match"] == 1.0
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib.metadata
 import inspect
 import os
+import socket
 
 import torch
 
@@ -27,7 +28,7 @@ from . import weights as nxdi_weights
 from .config import app_buckets, inference_config, neuron_config_kwargs, nxdi_bucket
 from .device import cc_flags, compile_app, component_on_device, debug_files, load_app
 from .generation import NxdiCompiledModel, generate_kwargs, nxdi_top_k
-from .runtime import NXDI, enter_cpu_mode, nxdi, release_process_group, step
+from .runtime import NXDI, enter_cpu_mode, environ, nxdi, release_process_group, step
 
 __all__ = [
     "NxdiCompiledModel",
@@ -105,9 +106,18 @@ def build_cpu_app(spec: PortSpec, dtype: torch.dtype, tp_degree: int = 1):
         app = app_cls(str(spec.weights_dir), config)
     # to_cpu() makes its own process group (unconditionally under torchrun): drop an earlier one
     release_process_group()
-    with step(f"{app_cls.__name__}.to_cpu()"):
+    # Alone (no torchrun), to_cpu() listens on MASTER_PORT or 29500: a second NxDI process on the
+    # machine (another run, a verdict started from a test) would collide, so take a free port.
+    port = {} if "WORLD_SIZE" in os.environ else {"MASTER_PORT": str(free_port())}
+    with step(f"{app_cls.__name__}.to_cpu()"), environ(**port):
         app.to_cpu()
     return app
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 class NxdiTarget:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,14 +22,9 @@ from pathlib import Path
 import torch
 
 from ...errors import StageFailure
+from . import free_port
 
 POLL_S = 0.2
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_sharded(spec, input_ids: torch.Tensor, module_paths: list[str], tp: int, timeout_s: float) -> dict:
@@ -51,7 +45,7 @@ def run_sharded(spec, input_ids: torch.Tensor, module_paths: list[str], tp: int,
             request,
         )
         package_root = str(Path(__file__).resolve().parents[3])
-        env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE=str(tp))
+        env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), WORLD_SIZE=str(tp))
         env["LOCAL_WORLD_SIZE"] = str(tp)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
         logs = [Path(tmp) / f"rank{r}.log" for r in range(tp)]
