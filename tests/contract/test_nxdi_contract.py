@@ -143,6 +143,17 @@ def test_build_port_calls_in_order_with_cpu_mode_first(stand_in, make_spec):
     assert not any(key.startswith("_autoport") for key in port.state_dict()), "the app is no submodule"
 
 
+def test_build_port_loads_the_checkpoint(stand_in, make_spec):
+    from safetensors.torch import load_file
+
+    spec = make_spec()
+    port = NxdiTarget().build_port(spec, None, torch.float32)
+    saved = load_file(str(spec.weights_dir / "model.safetensors"))
+    torch.testing.assert_close(port.lm_head.weight, saved["lm_head.weight"])
+    torch.testing.assert_close(port.layers[1].mlp.up_proj.weight, saved["model.layers.1.mlp.up_proj.weight"])
+    assert stand_in.find("load checkpoint")[0]["missing"] == []
+
+
 def test_run_model_returns_logits_at_every_position(stand_in, make_spec):
     target = NxdiTarget()
     port = target.build_port(make_spec(), None, torch.float32)

@@ -3,7 +3,9 @@
 ``NeuronBaseForCausalLM`` keeps the real one's outline: a context-encoding and a token-generation
 model wrapper sharing one ``NeuronBaseModel`` after ``to_cpu()`` or ``load()``; ``compile()`` saves the
 config, empties the compiler work dir (``BASE_COMPILE_WORK_DIR``), writes HLO and a compiler log
-there, then ``model.pt``; ``forward()`` pads to the context bucket and returns only the logits of the
+there, then ``model.pt``; ``to_cpu()`` and ``load()`` load ``model.safetensors`` from the model path when there is one (prefix
+``model.`` stripped, the port's conversion, ``load_state_dict(strict=False)``); ``forward()`` pads to
+the context bucket and returns only the logits of the
 largest position id. The "compiled" model is the same eager toy model: nothing is compiled.
 
 Behaviour copied from real NxDI 0.9 (seen running it in CPU mode): the bucket is the first one
@@ -95,9 +97,21 @@ class NeuronBaseForCausalLM(nn.Module):
         _standin_log.record("app.get_compiler_args")
         return None
 
+    _STATE_DICT_MODEL_PREFIX = "model."
+
     def _build_model(self):
-        torch.manual_seed(0)  # the stand-in's "checkpoint": the same weights every time
+        torch.manual_seed(0)  # without a checkpoint file: the same weights every time
         model = self._model_cls(self.config).to(self.neuron_config.torch_dtype).eval()
+        checkpoint = os.path.join(self.model_path, "model.safetensors")
+        if os.path.isfile(checkpoint):  # as NxDI: strip the model prefix, convert, load (not strict)
+            from safetensors.torch import load_file
+
+            state = {
+                k.removeprefix(self._STATE_DICT_MODEL_PREFIX): v for k, v in load_file(checkpoint).items()
+            }
+            state = self.convert_hf_to_neuron_state_dict(state, self.config)
+            result = model.load_state_dict(state, strict=False)
+            _standin_log.record("load checkpoint", missing=list(result.missing_keys))
         for wrapper in self.models:
             wrapper.model = model
 
