@@ -47,6 +47,8 @@ def first_tensor(value):
         return value[0]
     if hasattr(value, "last_hidden_state"):
         return value.last_hidden_state
+    if isinstance(getattr(value, "hidden_states", None), torch.Tensor):  # NxDI's NeuronAttentionBaseOutput
+        return value.hidden_states
     raise TypeError(f"cannot find a tensor in a {type(value).__name__} module output")
 
 

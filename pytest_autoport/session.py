@@ -258,9 +258,16 @@ class AutoportSession:
 
     @cached_property
     def port_lp(self):
+        return self._port_copy(self.lp_dtype)
+
+    def _port_copy(self, dtype):
+        """The port in ``dtype``: the target builds it where it can (nxdi: NxDI's own low-precision
+        load), else a cast copy of the FP32 port."""
         import copy
 
-        return copy.deepcopy(self.port).to(self.lp_dtype)
+        if hasattr(self.target, "port_in_dtype"):
+            return self.target.port_in_dtype(self.spec, self.port, dtype)
+        return copy.deepcopy(self.port).to(dtype)
 
     @cached_property
     def mapping(self):
@@ -271,6 +278,8 @@ class AutoportSession:
 
         port = self.target.build_port(self.spec, self.hf_config, torch.float32)
         convert = import_port_class(self.spec).convert_hf_to_neuron_state_dict
+        if hasattr(self.target, "conversion"):  # the target's loader steps around the port's conversion
+            convert = self.target.conversion(port, convert)
         hf_state, port_state = self.target.mapping_view(port, self.hf_state_dict)
         return check_mapping(convert, hf_state, port.config, port_state), port
 
@@ -286,15 +295,13 @@ class AutoportSession:
 
     def port_in(self, dtype):
         """The eager port in ``dtype`` (a copy unless FP32); the FP32 port itself is never cast."""
-        import copy
-
         import torch
 
         if dtype == torch.float32:
             return self.port
         if self.lp_dtype_name and dtype == self.lp_dtype:
             return self.port_lp
-        return copy.deepcopy(self.port).to(dtype)
+        return self._port_copy(dtype)
 
     @cached_property
     def compiled(self):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -10,23 +9,35 @@ import torch
 from .errors import StageFailure
 
 
-class _ReadTracker(Mapping):
-    """A read-only view of the HF state dict that remembers which keys the conversion read."""
+class ReadTracker(dict):
+    """A mutable copy of the HF state dict that remembers which keys the conversion read.
+
+    Conversions may edit the dict they are given (NxDI's do: they pop, rename and add keys); the
+    caller's dict is never touched. Reads are ``d[key]``, ``get``, ``pop`` and ``setdefault``."""
 
     def __init__(self, data: dict):
-        self._data = data
+        super().__init__(data)
         self.read: set[str] = set()
 
     def __getitem__(self, key):
-        value = self._data[key]
+        value = super().__getitem__(key)
         self.read.add(key)
         return value
 
-    def __iter__(self):
-        return iter(self._data)
+    def get(self, key, default=None):
+        if key in self:
+            self.read.add(key)
+        return super().get(key, default)
 
-    def __len__(self):
-        return len(self._data)
+    def pop(self, key, *default):
+        if key in self:
+            self.read.add(key)
+        return super().pop(key, *default)
+
+    def setdefault(self, key, default=None):
+        if key in self:
+            self.read.add(key)
+        return super().setdefault(key, default)
 
 
 @dataclass
@@ -67,7 +78,7 @@ class MappingReport:
         return "weight mapping is wrong:\n  " + "\n  ".join(parts)
 
 
-def _storage_id(tensor: torch.Tensor) -> int:
+def storage_id(tensor: torch.Tensor) -> int:
     return tensor.untyped_storage().data_ptr()
 
 
@@ -77,7 +88,7 @@ def check_mapping(convert, hf_state: dict, config, port_state: dict) -> MappingR
     An HF tensor counts as used when a converted tensor shares its storage (a rename or a view).
     Conversions that compute new tensors (fusing, transposing) are credited with every key they read.
     """
-    tracker = _ReadTracker(hf_state)
+    tracker = ReadTracker(hf_state)
     try:
         converted = convert(tracker, config)
     except KeyError as exc:
@@ -86,11 +97,11 @@ def check_mapping(convert, hf_state: dict, config, port_state: dict) -> MappingR
         ) from None
     report = MappingReport(converted=dict(converted))
 
-    hf_storages = {_storage_id(t): key for key, t in hf_state.items()}
-    shared = {_storage_id(t) for t in report.converted.values()}
+    hf_storages = {storage_id(t): key for key, t in hf_state.items()}
+    shared = {storage_id(t) for t in report.converted.values()}
     derived = any(sid not in hf_storages for sid in shared)
     for key, tensor in hf_state.items():
-        used = _storage_id(tensor) in shared or (derived and key in tracker.read)
+        used = storage_id(tensor) in shared or (derived and key in tracker.read)
         if not used:
             report.unused_hf.append(key)
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from ..spec import PortSpec
 from . import compile as compile_stage
-from . import component, env, generate, golden, model, weights
+from . import component, env, generate, golden, model, nxdi_cpu, weights
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,9 @@ DEFAULT_TIMEOUTS = {  # seconds; a spec's [timeouts] table overrides them
     "compile": 7200,
     "generate": 1800,
     "golden": 3600,
+    "generate[cpu]": 1800,  # nxdi without NeuronCores
+    "golden[cpu]": 3600,
+    "sharding[tp=2]": 1800,
 }
 
 
@@ -77,6 +80,8 @@ def plan(spec: PortSpec, num_layers: int, lp_dtype: str | None, present=None) ->
     if lp_dtype:
         items.append(PlannedStage(STAGES["model"], f"model[{lp_dtype}]", {"dtype": lp_dtype}))
     items += [PlannedStage(STAGES[name], name) for name in ("compile", "generate", "golden")]
+    if spec.port.target == "nxdi":
+        items = nxdi_cpu.extend_plan(items, StageDef, PlannedStage)
     return items
 
 

@@ -110,6 +110,7 @@ def make_spec(tmp_path):
     weights = tmp_path / "weights"
     weights.mkdir()
     (weights / "config.json").write_text(json.dumps(TINY_CONFIG))
+    _write_checkpoint(weights / "model.safetensors")
 
     def make(cls: str = "NeuronTinyForCausalLM", batch: int = 1):
         path = tmp_path / "port_specs" / f"{cls}-{batch}.toml"
@@ -118,3 +119,19 @@ def make_spec(tmp_path):
         return load_spec(path, tmp_path, check_imports=False)
 
     return make
+
+
+def _write_checkpoint(path: Path) -> None:
+    """An HF-style checkpoint of the toy port (seeded), which the stand-in loads as NxDI would."""
+    import torch
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(1)
+    h, v = TINY_CONFIG["hidden_size"], TINY_CONFIG["vocab_size"]
+    tensors = {"model.embed_tokens.weight": torch.randn(v, h, generator=g)}
+    for i in range(TINY_CONFIG["num_hidden_layers"]):
+        tensors[f"model.layers.{i}.mlp.up_proj.weight"] = torch.randn(2 * h, h, generator=g) / h**0.5
+        tensors[f"model.layers.{i}.mlp.down_proj.weight"] = torch.randn(h, 2 * h, generator=g) / h**0.5
+    tensors["model.norm.weight"] = 1 + 0.1 * torch.randn(h, generator=g)
+    tensors["lm_head.weight"] = torch.randn(v, h, generator=g) / h**0.5
+    save_file(tensors, str(path))

@@ -1,8 +1,8 @@
 """A toy port written against the stand-in NxDI, shaped like a real NxDI port (contract tests only).
 
 It has the four classes a port defines (InferenceConfig and NeuronConfig subclasses, a
-NeuronBaseModel and a NeuronBaseForCausalLM), plus two broken variants whose NeuronConfig leaves
-``attn_cls`` at NxDI's default or sets it to None. Its layers are position-wise, so the toy needs no
+NeuronBaseModel and a NeuronBaseForCausalLM), plus two variants whose NeuronConfig leaves
+``attn_cls`` at NxDI's default or sets it to None (as most real ports do: only NxDI's Llama reads it). Its layers are position-wise, so the toy needs no
 KV cache to give the same answer in context encoding and token generation.
 """
 

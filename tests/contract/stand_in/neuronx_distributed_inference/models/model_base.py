@@ -3,8 +3,16 @@
 ``NeuronBaseForCausalLM`` keeps the real one's outline: a context-encoding and a token-generation
 model wrapper sharing one ``NeuronBaseModel`` after ``to_cpu()`` or ``load()``; ``compile()`` saves the
 config, empties the compiler work dir (``BASE_COMPILE_WORK_DIR``), writes HLO and a compiler log
-there, then ``model.pt``; ``forward()`` pads to the context bucket and returns only the last real
-position's logits. The "compiled" model is the same eager toy model: nothing is compiled.
+there, then ``model.pt``; ``to_cpu()`` and ``load()`` load ``model.safetensors`` from the model path when there is one (prefix
+``model.`` stripped, the port's conversion, ``load_state_dict(strict=False)``); ``forward()`` pads to
+the context bucket and returns only the logits of the
+largest position id. The "compiled" model is the same eager toy model: nothing is compiled.
+
+Behaviour copied from real NxDI 0.9 (seen running it in CPU mode): the bucket is the first one
+strictly longer than the attention mask (or the largest when the input fills it exactly);
+context-encoding padding gets position id 1, so a one-token context encoding returns a padding
+position; CPU mode builds one model whose context-encoding mask has ``seq_len`` positions, so a
+context bucket shorter than ``seq_len`` fails there with a tensor size mismatch.
 """
 
 import os
@@ -43,9 +51,18 @@ class NeuronBaseModel(nn.Module):
         for layer in self.layers:
             hidden = layer(hidden, attention_mask, position_ids)[0]
         hidden = self.norm(hidden)
-        last = position_ids.argmax(dim=1)  # right padding: the last real position
+        last = torch.max(position_ids, dim=1).indices  # as NxDI: the largest position id
         hidden = hidden[torch.arange(hidden.shape[0]), last][:, None]
         return self.lm_head(hidden).float()
+
+
+def _target_bucket(length, buckets):
+    for bucket in buckets:
+        if length < bucket:
+            return bucket
+    if length == buckets[-1]:
+        return buckets[-1]
+    raise ValueError(f"Input len {length} exceeds largest bucket ({buckets[-1]})")
 
 
 class ModelWrapper:
@@ -67,6 +84,7 @@ class NeuronBaseForCausalLM(nn.Module):
         self.config = config
         self.neuron_config = config.neuron_config
         self.model_path = str(model_path)
+        self.on_cpu = False
         self.context_encoding_model = ModelWrapper("context_encoding_model", self._model_cls, config)
         self.token_generation_model = ModelWrapper("token_generation_model", self._model_cls, config)
         self.models = [self.context_encoding_model, self.token_generation_model]
@@ -79,9 +97,21 @@ class NeuronBaseForCausalLM(nn.Module):
         _standin_log.record("app.get_compiler_args")
         return None
 
+    _STATE_DICT_MODEL_PREFIX = "model."
+
     def _build_model(self):
-        torch.manual_seed(0)  # the stand-in's "checkpoint": the same weights every time
+        torch.manual_seed(0)  # without a checkpoint file: the same weights every time
         model = self._model_cls(self.config).to(self.neuron_config.torch_dtype).eval()
+        checkpoint = os.path.join(self.model_path, "model.safetensors")
+        if os.path.isfile(checkpoint):  # as NxDI: strip the model prefix, convert, load (not strict)
+            from safetensors.torch import load_file
+
+            state = {
+                k.removeprefix(self._STATE_DICT_MODEL_PREFIX): v for k, v in load_file(checkpoint).items()
+            }
+            state = self.convert_hf_to_neuron_state_dict(state, self.config)
+            result = model.load_state_dict(state, strict=False)
+            _standin_log.record("load checkpoint", missing=list(result.missing_keys))
         for wrapper in self.models:
             wrapper.model = model
 
@@ -90,6 +120,7 @@ class NeuronBaseForCausalLM(nn.Module):
         _standin_log.record("app.to_cpu", tp_degree=self.neuron_config.tp_degree)
         if self.neuron_config.torch_dtype == torch.float16:
             raise NotImplementedError("float16 is not supported for CPU inference")
+        self.on_cpu = True
         self._build_model()
 
     def compile(self, compiled_model_path, debug=False):
@@ -127,10 +158,17 @@ class NeuronBaseForCausalLM(nn.Module):
         batch, length = input_ids.shape
         size = self.neuron_config.batch_size
         if kind == "context_encoding":
-            bucket = next(b for b in self.neuron_config.context_encoding_buckets if b >= length)
+            nc = self.neuron_config
+            buckets = nc.context_encoding_buckets or [nc.max_context_length or nc.seq_len]
+            bucket = _target_bucket(attention_mask.shape[1], buckets)
+            if self.on_cpu and bucket != nc.seq_len:
+                raise RuntimeError(
+                    f"The size of tensor a ({nc.seq_len}) must match the size of tensor b ({bucket}) "
+                    "at non-singleton dimension 3"
+                )
             pad = bucket - length
             input_ids = nn.functional.pad(input_ids, (0, pad))
-            position_ids = nn.functional.pad(position_ids, (0, pad))
+            position_ids = nn.functional.pad(position_ids, (0, pad), value=1)
             attention_mask = nn.functional.pad(attention_mask, (0, pad))
         if batch < size:  # fill the static batch, as the real model wrapper does
             fill = size - batch

@@ -3,7 +3,8 @@
 ``load_pretrained_config(path)`` returns a hook that copies config.json's attributes onto the
 InferenceConfig. ``HuggingFaceGenerationAdapter`` takes ``model.forward`` when it is built (as the real
 one does), resets the model, runs context encoding once from position 0 and then one
-token-generation step per new token. It honours ``do_sample`` (temperature only), ``eos_token_id``
+token-generation step per new token, with an attention mask of length t at position t (as the real
+one: it grows the context's mask by one after each token-generation step). It honours ``do_sample`` (temperature only), ``eos_token_id``
 (rows stop, then get ``pad_token_id``) and ``suppress_tokens``. With ``OPTIONS["refeed"]`` it falls
 into the trap the real adapter avoids: it re-feeds the whole sequence from position 0 at every step.
 """
@@ -69,7 +70,8 @@ class HuggingFaceGenerationAdapter:
                 ).logits
             else:
                 pos = (lengths + step - 1)[:, None]
-                mask = torch.ones(input_ids.shape[0], int(pos.max()) + 1, dtype=attention_mask.dtype)
+                # as the real adapter: at position t the mask has t entries
+                mask = torch.ones(input_ids.shape[0], int(pos.max()), dtype=attention_mask.dtype)
                 logits = self.forward(
                     input_ids=new[-1][:, None], attention_mask=mask, position_ids=pos
                 ).logits

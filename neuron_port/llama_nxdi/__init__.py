@@ -1,0 +1,1 @@
+"""NxDI ports of Llama: NxDI's own model (``builtin``) and a small one written as an NxDI user would."""

@@ -1,0 +1,1 @@
+"""NxDI's own Qwen3, judged by ``port_specs/qwen3_nxdi.toml``."""
