@@ -35,6 +35,11 @@ TMP_RE = re.compile(
 )
 
 
+class RebuildWarning(UserWarning):
+    """Something the harness cached (compiled graphs, a manifest, a tiny checkpoint) was found corrupt and
+    rebuilt, or a killed build's leftovers were removed: shown on the terminal, not only in the JSON."""
+
+
 class CompileFailed(AutoportError):
     """A build raised. The message names the folder its logs and partial outputs were moved to."""
 
