@@ -19,7 +19,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from pytest_autoport import checkpoint, cli
+from pytest_autoport import cli
 from pytest_autoport.artifacts import (
     MANIFEST,
     OWNER_MARKER,
@@ -43,7 +43,9 @@ def tiny_spec(folder: Path, name: str = "llama", **tiny):
 
 
 def user_files(folder: Path) -> dict[str, bytes]:
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+    }
 
 
 def make_store(tmp_path: Path) -> ArtifactStore:
