@@ -82,7 +82,7 @@ def resolve_weights(spec: PortSpec) -> Weights:
 
 def _refuse_foreign_folder(spec: PortSpec, path: Path) -> None:
     """A tiny checkpoint goes only where nothing is, an empty folder, or a folder the harness made."""
-    if path.is_symlink() or (path.exists() and not path.is_dir()):
+    if path.exists() and not path.is_dir():
         raise SpecError(spec.path, "model.weights_path", f"{path} is not a folder; nothing was touched")
     if not path.is_dir() or (path / TINY_MARKER).is_file():
         return
@@ -227,6 +227,13 @@ def _materialise_tiny(spec: PortSpec, recipe: dict, dest: Path) -> None:
         record["spec"] = {"name": spec.name, "path": str(spec.path)}
         (staging / TINY_MARKER).write_text(json.dumps(record, indent=2))
         _refuse_foreign_folder(spec, dest)
+        if dest.is_symlink():
+            raise SpecError(
+                spec.path,
+                "model.weights_path",
+                f"{dest} is a symbolic link: the tiny checkpoint is not rebuilt through it (point "
+                "weights_path at the link's target, or remove the link)",
+            )
         if (dest / TINY_MARKER).is_file():
             shutil.rmtree(dest)  # the harness's own earlier checkpoint: its marker proves it
         elif dest.is_dir():

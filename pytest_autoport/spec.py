@@ -313,8 +313,9 @@ def _check_weights_path(spec: PortSpec) -> None:
     if not str(raw).strip():
         raise SpecError(spec.path, "model.weights_path", "is empty: name the checkpoint's own folder")
     folder = spec.weights_dir.resolve()
-    for what, holds in (("the project root", spec.project_root.resolve()), ("the home folder", Path.home())):
-        if holds.resolve().is_relative_to(folder):
+    home = Path("~").expanduser()  # stays "~" (never holds anything) when there is no home folder
+    for what, holds in (("the project root", spec.project_root.resolve()), ("the home folder", home)):
+        if holds.is_absolute() and holds.resolve().is_relative_to(folder):
             raise SpecError(
                 spec.path,
                 "model.weights_path",
