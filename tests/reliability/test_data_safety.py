@@ -350,3 +350,4 @@ def test_rebuilds_and_leftovers_are_reported_on_the_terminal(port_project):
     assert figures["cleaned_leftovers"] == [killed.name] and not killed.exists()
     out = result.stdout.str()
     assert "RebuildWarning" in out and "rebuilt: manifest.json" in out and killed.name in out
+    assert "compiled, rebuilt: corrupt entry" in out  # the verdict table's compile line
