@@ -105,7 +105,7 @@ def _refuse_other_specs_checkpoint(spec: PortSpec, path: Path) -> None:
     except (OSError, json.JSONDecodeError):
         return
     other = record.get("spec") if isinstance(record, dict) else None
-    if other and other.get("name") != spec.name:
+    if isinstance(other, dict) and other.get("name") != spec.name:
         raise SpecError(
             spec.path,
             "model.weights_path",
