@@ -12,11 +12,13 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from filelock import FileLock
 
+from .artifacts import RebuildWarning
 from .errors import AutoportError, SpecError
 from .spec import PortSpec
 from .tiny_training import TRAINER_SOURCE, train_on_corpus
@@ -61,15 +63,56 @@ def resolve_weights(spec: PortSpec) -> Weights:
         raise SpecError(
             spec.path, "model.weights_path", f"{path} does not exist and the spec has no [tiny] table"
         )
+    _refuse_foreign_folder(spec, path)
     recipe = _tiny_recipe(spec)
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
+        _refuse_foreign_folder(spec, path)
         problem = _cached_problem(path, recipe["recipe_hash"])
+        if problem == "recipe changed":
+            _refuse_other_specs_checkpoint(spec, path)
         if problem is not None:
             _materialise_tiny(spec, recipe, path)
         record = json.loads(marker.read_text())
     rebuilt = problem if problem not in (None, "absent", "recipe changed") else None
+    if rebuilt:
+        warnings.warn(RebuildWarning(f"tiny checkpoint {path} was rebuilt: {rebuilt}"), stacklevel=2)
     return Weights(path, f"tiny-{record['weights']}", rebuilt_after=rebuilt, training=record.get("training"))
+
+
+def _refuse_foreign_folder(spec: PortSpec, path: Path) -> None:
+    """A tiny checkpoint goes only where nothing is, an empty folder, or a folder the harness made."""
+    if path.exists() and not path.is_dir():
+        raise SpecError(spec.path, "model.weights_path", f"{path} is not a folder; nothing was touched")
+    if not path.is_dir() or (path / TINY_MARKER).is_file():
+        return
+    found = sorted(p.name for p in path.iterdir())
+    if found:
+        shown = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
+        raise SpecError(
+            spec.path,
+            "model.weights_path",
+            f"{path} holds no config.json and no {TINY_MARKER}: it is not a checkpoint, nor a tiny one "
+            f"autoport made, so it is left alone (it holds {shown}); point weights_path at a checkpoint "
+            "or at a new folder for the tiny checkpoint",
+        )
+
+
+def _refuse_other_specs_checkpoint(spec: PortSpec, path: Path) -> None:
+    """Two specs with different [tiny] recipes on one folder would retrain each other's checkpoint."""
+    try:
+        record = json.loads((path / TINY_MARKER).read_text())
+    except (OSError, json.JSONDecodeError):
+        return
+    other = record.get("spec") if isinstance(record, dict) else None
+    if isinstance(other, dict) and other.get("name") != spec.name:
+        raise SpecError(
+            spec.path,
+            "model.weights_path",
+            f"{path} holds the tiny checkpoint of spec {other.get('name')!r} ({other.get('path')}), made "
+            f"from a different [tiny] recipe; spec {spec.name!r} ({spec.path}) would retrain it in place. "
+            "Give each spec its own weights_path",
+        )
 
 
 def _cached_problem(path: Path, recipe_hash: str) -> str | None:
@@ -181,9 +224,20 @@ def _materialise_tiny(spec: PortSpec, recipe: dict, dest: Path) -> None:
             if p.is_file()
         }
         record = {"weights": kind, "seed": seed, "training": training, "files": files, **recipe}
+        record["spec"] = {"name": spec.name, "path": str(spec.path)}
         (staging / TINY_MARKER).write_text(json.dumps(record, indent=2))
-        if dest.exists():
-            shutil.rmtree(dest)
+        _refuse_foreign_folder(spec, dest)
+        if dest.is_symlink():
+            raise SpecError(
+                spec.path,
+                "model.weights_path",
+                f"{dest} is a symbolic link: the tiny checkpoint is not rebuilt through it (point "
+                "weights_path at the link's target, or remove the link)",
+            )
+        if (dest / TINY_MARKER).is_file():
+            shutil.rmtree(dest)  # the harness's own earlier checkpoint: its marker proves it
+        elif dest.is_dir():
+            dest.rmdir()  # empty (checked above)
         os.replace(staging, dest)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -109,8 +109,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def _clean_cache(state: AutoportState) -> None:
-    """--autoport-clean-cache: drop this spec's compiled artifacts and every broken cache entry."""
-    import shutil
+    """--autoport-clean-cache: drop this spec's compiled artifacts and every broken cache entry. An entry a
+    running verdict is using (or building) is skipped and said so; nothing the store did not make is touched."""
+    import sys
 
     from .artifacts import ArtifactStore
 
@@ -118,8 +119,8 @@ def _clean_cache(state: AutoportState) -> None:
     data = state.artifacts_dir / "data"
     store = ArtifactStore(data / "compiled_model", data / "compilation_failures")
     for entry in store.entries():
-        if entry.name == name and entry.state == "ready":
-            shutil.rmtree(entry.path, ignore_errors=True)
+        if entry.name == name and entry.state == "ready" and store.drop(entry) == "in use":
+            print(f"autoport: kept {entry.path}: in use by another run", file=sys.stderr)
     store.purge()
     if state.target_name() == "nxdi":
         from .neuron_cache import purge_neuron_cache

@@ -88,7 +88,9 @@ def key_figure(rec: StageRecord) -> str:
     if rec.stage in ("component", "model") and "rel_fro" in f:
         return f"rel_fro {_num(f['rel_fro'])}, max_abs {_num(f.get('max_abs'))}"
     if rec.stage == "compile" and "graphs" in f:
-        return f"{f['graphs']} graphs, {'compiled' if f.get('compiled') else 'reused'}"
+        return f"{f['graphs']} graphs, {'compiled' if f.get('compiled') else 'reused'}" + (
+            ", rebuilt: corrupt entry" if f.get("rebuilt_after") else ""
+        )
     if rec.stage == "generate" and "decode_tokens_per_s" in f:
         return f"{f['decode_tokens_per_s']} tok/s, ttft {f.get('ttft_s')} s"
     if rec.stage == "golden" and "token_match" in f:

@@ -313,9 +313,26 @@ def _describe(hint) -> str:
     )
 
 
+def _check_weights_path(spec: PortSpec) -> None:
+    """A weights folder must be a folder of its own: never empty, the project, the home folder or above."""
+    raw = spec.model.weights_path
+    if not str(raw).strip():
+        raise SpecError(spec.path, "model.weights_path", "is empty: name the checkpoint's own folder")
+    folder = spec.weights_dir.resolve()
+    home = Path("~").expanduser()  # stays "~" (never holds anything) when there is no home folder
+    for what, holds in (("the project root", spec.project_root.resolve()), ("the home folder", home)):
+        if holds.is_absolute() and holds.resolve().is_relative_to(folder):
+            raise SpecError(
+                spec.path,
+                "model.weights_path",
+                f"{raw!r} is {folder}, which is or holds {what}; name the checkpoint's own folder",
+            )
+
+
 def _check_semantics(spec: PortSpec) -> None:
     p, path = spec.port, spec.path
     check_text(spec)
+    _check_weights_path(spec)
     if p.target not in TARGETS:
         raise SpecError(path, "port.target", f"unknown target {p.target!r}; expected one of {TARGETS}")
     if p.dtype not in DTYPES:

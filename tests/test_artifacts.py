@@ -19,6 +19,7 @@ from pytest_autoport import cli
 from pytest_autoport.artifacts import (
     LOCKS_DIR,
     MANIFEST,
+    OWNER_MARKER,
     READY,
     ArtifactStore,
     CompileFailed,
@@ -118,7 +119,8 @@ def test_builds_once_then_reuses(tmp_path):
     assert first.built is True and second.built is False
     assert first.path == second.path == store.root / f"llama-{artifact_key(INPUTS)}"
     assert first.recovered_from is None and second.recovered_from is None
-    assert (first.path / READY).read_bytes() == b""
+    sealed = hashlib.sha256((first.path / MANIFEST).read_bytes()).hexdigest()
+    assert (first.path / READY).read_text().strip() == sealed  # READY seals the manifest
 
     manifest = json.loads((first.path / MANIFEST).read_text())
     assert manifest == second.manifest
@@ -231,6 +233,7 @@ def test_killed_compile_is_stale_lock_and_purged(tmp_path):
     store.root.mkdir(parents=True)
     tmp = store.root / f".tmp-llama-{key}-{pid}-k1ll3d"
     tmp.mkdir()
+    (tmp / OWNER_MARKER).write_text("{}")  # the store claims its temporary folders when it makes them
     (tmp / "model.hlo_module.pb").write_bytes(b"half")
     (store.root / LOCKS_DIR).mkdir()
     lock = store.lock_path("llama", key)
@@ -241,7 +244,7 @@ def test_killed_compile_is_stale_lock_and_purged(tmp_path):
     assert set(states) == {tmp, lock}
     assert states[tmp].state == "stale-lock" and str(pid) in states[tmp].detail
     assert states[lock].state == "stale-lock" and "gone" in states[lock].detail
-    assert states[tmp].size_bytes == 4
+    assert states[tmp].size_bytes == 4 + 2  # the half-written graph and the marker
 
     assert {s.path for s in store.purge(dry_run=True)} == {tmp, lock}
     assert tmp.exists() and lock.exists()
@@ -278,6 +281,7 @@ def test_live_lock_and_running_build_are_not_purged(tmp_path):
     lock_path.parent.mkdir(parents=True)
     tmp = store.root / f".tmp-llama-{key}-{os.getpid()}-abc123"
     tmp.mkdir()
+    (tmp / OWNER_MARKER).write_text("{}")
     (tmp / "partial.neff").write_bytes(b"x")
     with FileLock(str(lock_path)):
         states = {s.path: s.state for s in store.entries()}
@@ -379,6 +383,7 @@ def test_classification_and_dry_run(tmp_path):
     empty.mkdir()
     failed = store.root / "mistral-fedcba9876543210"
     failed.mkdir()
+    (failed / OWNER_MARKER).write_text("{}")
     (failed / "model.log").write_text("ERROR")
     with pytest.raises(CompileFailed):
         store.get_or_build("gemma", INPUTS, lambda out: 1 / 0)

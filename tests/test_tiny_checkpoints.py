@@ -10,6 +10,7 @@ import pytest
 from safetensors.torch import load_file
 
 from pytest_autoport import checkpoint
+from pytest_autoport.artifacts import RebuildWarning
 from pytest_autoport.checkpoint import CORPUS, resolve_weights
 from pytest_autoport.spec import load_spec
 
@@ -46,7 +47,8 @@ def test_corrupt_cached_checkpoint_is_detected_and_rebuilt(tmp_path):
     good = (resolve_weights(spec).path / "model.safetensors").read_bytes()
     weights_file = tmp_path / "w" / "model.safetensors"
     weights_file.write_bytes(good[:-64] + bytes(64))
-    rebuilt = resolve_weights(spec)
+    with pytest.warns(RebuildWarning, match="rebuilt"):
+        rebuilt = resolve_weights(spec)
     assert rebuilt.rebuilt_after == "checksum mismatch in model.safetensors"
     assert weights_file.read_bytes() == good
 

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
+from ..checksums import checkpoint_fingerprint
+from ..errors import AutoportError
 from ..targets.base import CompileResult
+
+CHECKSUM_CACHE = "checkpoint_checksums.json"
 
 
 def key_inputs(session) -> dict:
@@ -20,7 +25,8 @@ def key_inputs(session) -> dict:
         "port_sources": {
             str(p.relative_to(spec.project_root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sources
         },
-        "weights": str(session.weights.path),
+        "weights": checkpoint_fingerprint(session.weights.path, session.artifacts / "data" / CHECKSUM_CACHE),
+        "harness": harness_fingerprint(),
         "target": session.target_name,
         "dtype": spec.port.dtype,
         "batch_size": spec.port.batch_size,
@@ -31,6 +37,18 @@ def key_inputs(session) -> dict:
         "compiler": spec.port.compiler,
         "versions": session.target.versions(),
     }
+
+
+def harness_fingerprint() -> dict:
+    """The harness's version and the sources that shape what it compiles (the targets, the buckets)."""
+    from .. import __version__
+
+    package = Path(__file__).resolve().parents[1]
+    files = sorted((package / "targets").glob("*.py")) + [package / "buckets.py"]
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(file.relative_to(package).as_posix().encode() + b"\0" + file.read_bytes() + b"\0")
+    return {"version": __version__, "sources_sha256": digest.hexdigest()}
 
 
 def port_sources(port_dir: Path) -> list[Path]:
@@ -75,7 +93,7 @@ def _sibling_imports(file: Path, root: Path) -> set[str]:
 
 def compile_port(session):
     """(store entry, CompileResult); compiles only when no ready artifact has this key."""
-    from ..artifacts import ArtifactStore
+    from ..artifacts import ArtifactStore, RebuildWarning
 
     store = ArtifactStore(session.compiled_root, session.failures_root)
     port = session.port_in(session.dtype)
@@ -83,8 +101,19 @@ def compile_port(session):
     def build(out_dir):
         return asdict(session.target.compile(port, session.spec, out_dir))
 
-    entry = store.get_or_build(session.spec.name, key_inputs(session), build)
-    return entry, CompileResult(**entry.manifest["build"])
+    entry = store.get_or_build(session.spec.name, key_inputs(session), build, hold=True)
+    if entry.recovered_from:
+        warnings.warn(
+            RebuildWarning(f"compiled artifact {entry.path} rebuilt: {entry.recovered_from}"), stacklevel=2
+        )
+    for leftover in entry.cleaned:
+        warnings.warn(
+            RebuildWarning(f"removed {leftover}, the temporary folder of a killed build"), stacklevel=2
+        )
+    try:
+        return entry, CompileResult(**entry.manifest["build"])
+    except TypeError as exc:  # a sealed manifest from an incompatible harness version
+        raise AutoportError(f"{entry.path / 'manifest.json'}: unusable build record ({exc})") from None
 
 
 def run(session) -> dict:
@@ -98,5 +127,7 @@ def run(session) -> dict:
     }
     if entry.recovered_from:
         figures["rebuilt_after"] = entry.recovered_from
+    if entry.cleaned:
+        figures["cleaned_leftovers"] = list(entry.cleaned)
     figures.update({f"compile_s.{name}": s for name, s in result.seconds_per_graph.items()})
     return figures
