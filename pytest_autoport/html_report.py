@@ -18,13 +18,15 @@ h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px;border-bott
 .meta{color:#56606b}.card{background:#fff;border:1px solid #d5dbe1;border-radius:6px;padding:12px 16px;margin:10px 0}
 table{border-collapse:collapse;width:100%;background:#fff;font-size:13px}
 th,td{border:1px solid #dde2e7;padding:4px 8px;text-align:left;vertical-align:top}
-th{background:#eef1f4;font-weight:600}td.num{text-align:right;font-variant-numeric:tabular-nums}
+th{background:#eef1f4;font-weight:600}td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+tr.bad td{background:#fdf1f0}tr.first td{background:#f9d9d6;font-weight:600}
 .badge{display:inline-block;padding:1px 8px;border-radius:10px;font-size:12px;font-weight:600;color:#fff}
 .passed{background:#2e7d32}.failed,.error{background:#c62828}.skipped{background:#8a8f96}
 .verdict{font-size:15px;padding:3px 12px}
 pre{white-space:pre-wrap;word-break:break-word;background:#f7f8fa;border:1px solid #e1e5e9;padding:8px;margin:4px 0;font-size:12px}
 .warn{background:#fff6e0;border-color:#f0c36d}.err{background:#fdecea;border-color:#f0a8a3}
 img{max-width:100%;border:1px solid #d5dbe1;background:#fff}
+.plots{display:grid;grid-template-columns:repeat(auto-fill,minmax(520px,1fr));gap:10px}.plots .card{margin:0}
 .grid{display:grid;grid-template-columns:repeat(var(--n),14px);gap:2px;margin:4px 0}
 .cell{width:14px;height:14px;background:#cfe8d1;border-radius:2px}.cell.real{background:#c62828}
 .cell.tie{background:#f0a030}.cell.first{outline:2px solid #1d232b}
@@ -72,6 +74,7 @@ def render(verdict: dict, plots_dir: Path | None = None) -> str:
         )
     for warning in verdict.get("warnings", []):
         parts.append(f"<div class='card warn'>warning: {_e(warning)}</div>")
+    parts += _summary(stages)
     parts += _stage_table(stages)
     parts += _failures(stages)
     parts += _component_figures(stages)
@@ -108,6 +111,28 @@ def _key_figure(stage: dict) -> str:
         return ""
 
 
+def _summary(stages: list[dict]) -> list[str]:
+    """The first failure in one line, and the module the model check names: where to look first."""
+    failed = [s for s in stages if s.get("status") in ("failed", "error")]
+    if not failed:
+        return []
+    first = failed[0]
+    line = (first.get("message") or "").splitlines()[0] if first.get("message") else first.get("status", "")
+    named = next(
+        (
+            s["figures"]["first_divergence"]
+            for s in stages
+            if isinstance(s.get("figures", {}).get("first_divergence"), str)
+        ),
+        None,
+    )
+    module = f"<br>first divergent module: <b><code>{_e(named)}</code></b>" if named else ""
+    return [
+        f"<div class='card err'>{len(failed)} of {len(stages)} stages failed; first: "
+        f"<b><code>{_e(first.get('id'))}</code></b>: {_e(line)}{module}</div>"
+    ]
+
+
 def _stage_table(stages: list[dict]) -> list[str]:
     rows = [
         f"<tr><td><code>{_e(s.get('id'))}</code></td><td>{_badge(s.get('status', '?'))}</td>"
@@ -138,10 +163,12 @@ def _failures(stages: list[dict]) -> list[str]:
 
 
 def _scalar(value) -> str:
+    if isinstance(value, bool) or value is None:
+        return {True: "yes", False: "no", None: ""}[value]
     if isinstance(value, float):
         return f"{value:.4g}"
     if isinstance(value, list) and all(isinstance(v, (int, float)) for v in value):
-        return ", ".join(_scalar(v) for v in value)
+        return "\u2013".join(_scalar(v) for v in value)
     return str(value)
 
 
@@ -183,7 +210,14 @@ def _localisation(stages: list[dict]) -> list[str]:
         out.append(f"<p>first divergent module: <b>{_e(first or 'none of the mapped modules')}</b></p>")
         out.append("<table><tr>" + "".join(f"<th>{_e(c)}</th>" for c in columns) + "</tr>")
         for row in table:
-            out.append("<tr>" + "".join(f"<td>{_e(_scalar(row.get(c, '')))}</td>" for c in columns) + "</tr>")
+            tint = (
+                " class='first'"
+                if first and row.get("module") == first
+                else (" class='bad'" if row.get("ok") is False else "")
+            )
+            out.append(
+                f"<tr{tint}>" + "".join(f"<td>{_e(_scalar(row.get(c, '')))}</td>" for c in columns) + "</tr>"
+            )
         out.append("</table>")
     return out
 
@@ -201,24 +235,30 @@ def _golden(stages: list[dict]) -> list[str]:
             f"teacher-forced {f.get('teacher_forced_match', 0):.1%}, mode {_e(f.get('mode', 'token'))}</p>"
         )
     out += _error_profile(f)
-    divergences = list(f.get("free_running_divergences", [])) + list(f.get("divergences", []))
+    divergences = [("free-running", d) for d in f.get("free_running_divergences", [])]
+    divergences += [("teacher-forced", d) for d in f.get("divergences", [])]
     if divergences:
         out.append(
-            "<table><tr><th>prompt</th><th>new token</th><th>golden</th><th>port</th>"
+            "<table><tr><th>kind</th><th>prompt</th><th>new token</th><th>golden</th><th>port</th>"
             "<th>golden margin</th><th>in golden top-5</th><th>the port's text for this prompt</th></tr>"
         )
-        for d in divergences[:50]:
+        for kind, d in divergences[:60]:
             prompt = d.get("prompt", 0)
-            context = texts[prompt] if isinstance(prompt, int) and prompt < len(texts) else ""
+            context = texts[prompt] if isinstance(prompt, int) and 0 <= prompt < len(texts) else ""
             out.append(
-                f"<tr><td class='num'>{_e(prompt)}</td><td class='num'>{_e(d.get('position'))}</td>"
-                f"<td><span class='gold'>{_e(repr(d.get('golden_text', d.get('golden_token'))))}</span></td>"
-                f"<td><span class='tok'>{_e(repr(d.get('port_text', d.get('port_token'))))}</span></td>"
+                f"<tr><td>{kind}</td><td class='num'>{_e(prompt)}</td><td class='num'>{_e(d.get('position'))}</td>"
+                f"<td>{_token(d, 'golden')}</td><td>{_token(d, 'port')}</td>"
                 f"<td class='num'>{_e(_scalar(d.get('golden_margin', '')))}</td>"
-                f"<td>{_e(d.get('port_token_in_golden_top5', ''))}</td><td>{_e(context)}</td></tr>"
+                f"<td>{_e(_scalar(d.get('port_token_in_golden_top5', '')))}</td><td>{_e(context)}</td></tr>"
             )
         out.append("</table>")
     return out
+
+
+def _token(d: dict, side: str) -> str:
+    css = "gold" if side == "golden" else "tok"
+    text = f" <span class='{css}'>{_e(repr(d[side + '_text']))}</span>" if f"{side}_text" in d else ""
+    return f"{_e(d.get(side + '_token', ''))}{text}"
 
 
 def _error_profile(f: dict) -> list[str]:
@@ -232,7 +272,7 @@ def _error_profile(f: dict) -> list[str]:
     marks = {(d.get("prompt"), d.get("position")): d for d in f.get("divergences", [])}
     out = [
         "<h3>Decode-step error profile</h3>",
-        "<div class='legend'><span>&#9632; match</span>"
+        "<div class='legend'><span style='color:#7cb982'>&#9632; match</span>"
         "<span style='color:#c62828'>&#9632; divergence</span><span style='color:#f0a030'>&#9632; near-tie</span>"
         "<span>&#9633; free-running output first diverges</span></div>",
     ]
@@ -273,7 +313,7 @@ def _plots(verdict: dict, stages: list[dict], plots_dir: Path | None) -> list[st
             f"<div class='card'><div><code>{_e(file.name)}</code></div>"
             f"<img alt='{_e(file.stem)}' src='data:image/png;base64,{data}'></div>"
         )
-    return ["<h2>Diagnostic plots</h2>", *out] if out else []
+    return ["<h2>Diagnostic plots</h2>", "<div class='plots'>", *out, "</div>"] if out else []
 
 
 def _versions(verdict: dict, stages: list[dict]) -> list[str]:
