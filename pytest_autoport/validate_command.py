@@ -27,7 +27,7 @@ fields the Autoport JSON does not carry, and what is assumed:
   prompts                 the bundled Llama spec's three prompts (optional key "prompts")
   hf_model_class          architectures[0] of <model_path>/config.json (optional key "hf_model_class")
   target, dtype           "torch", "float32" (optional keys "target", "dtype")
-  token_match_threshold   0.95 (optional key)
+  token_match_threshold   0.95 (optional key); num_tokens_to_check defaults to 16
   components              none: the verdict warns that no module is localised (optional key
                           "components", a list of spec [[components]] tables, or --spec SPEC)
   test_parameters[]       batch_size, seq_len (= port.max_seq_len); optional max_ttft_s and
@@ -109,6 +109,11 @@ def pick_test_parameters(data: dict, source: Path, batch_size=None, seq_len=None
     )
 
 
+def spec_name(data: dict, source: Path) -> str:
+    """``model_name`` as a plain file name (it names the results files): other characters become '-'."""
+    return _PLAIN.sub("-", _field(data, source, "model_name", str, required=True)).strip("-.") or "model"
+
+
 def spec_from_validation_config(
     data: dict,
     source: Path,
@@ -120,7 +125,7 @@ def spec_from_validation_config(
 ) -> str:
     """The spec TOML equivalent to a validation JSON (paths made absolute against ``base``)."""
     source = Path(source)
-    name = _PLAIN.sub("-", _field(data, source, "model_name", str, required=True)).strip("-.") or "model"
+    name = spec_name(data, source)
     model_class = _class_ref(data, source, "model_class", base, required=True)
     config_class = _class_ref(data, source, "config_class", base, required=False)
     weights = _absolute(_field(data, source, "model_path", str, required=True), base)
@@ -267,9 +272,10 @@ def run(args) -> int:
     base = Path.cwd()
     try:
         text = _convert(args, base)
-        spec = write_spec(text, base / "agent_artifacts" / "tmp" / "validation" / "spec.toml", base)
-        spec_path = spec.path.with_name(f"{spec.name}.toml")
-        spec.path.replace(spec_path)
+        name = spec_name(load_validation_config(Path(args.config)), Path(args.config))
+        spec_path = write_spec(
+            text, base / "agent_artifacts" / "tmp" / "validation" / f"{name}.toml", base
+        ).path
     except SpecError as exc:
         print(f"autoport validate: {exc}", file=sys.stderr)
         return 2

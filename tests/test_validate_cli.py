@@ -105,7 +105,7 @@ def test_bad_config_exits_2_naming_file_and_field(pytester):
     result = _cli(pytester, "validate", "--config", "v.json")
     assert result.ret == 2
     assert "v.json: field 'model_path': missing required field" in result.stderr.str()
-    assert not (pytester.path / "agent_artifacts" / "tmp" / "validation" / "spec.toml").exists()
+    assert not (pytester.path / "agent_artifacts" / "tmp" / "validation").exists()
 
 
 def test_spec_from_validation_config_writes_a_loadable_spec(pytester, port_project, tiny_weights):
