@@ -102,3 +102,30 @@ def test_failures_return_false_with_a_message(tmp_path, tiny_weights):
     assert (tmp_path / "out" / "compile_error.log").is_file()
     assert "neuronx-distributed-inference is not importable" in proc.stderr
     assert "NOT_COMPILED (False, '', {'error':" in proc.stdout and "run compile_model first" in proc.stdout
+
+
+class _Stream:
+    def __init__(self, terminal: bool):
+        self.terminal, self.written = terminal, []
+
+    def isatty(self):
+        return self.terminal
+
+    def write(self, text):
+        self.written.append(text)
+
+    def flush(self):
+        pass
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_progress_goes_to_the_real_terminal_and_is_quiet_elsewhere(monkeypatch, terminal):
+    from pytest_autoport import progress as module
+    from pytest_autoport.progress import progress
+
+    stream = _Stream(terminal)
+    monkeypatch.setattr(sys, "__stderr__", stream)
+    monkeypatch.setattr(module, "_open_tty", lambda: None)  # as in CI: no controlling terminal
+    assert list(progress(range(3), desc="compile llama")) == [0, 1, 2]
+    assert bool(stream.written) is terminal
+    assert not terminal or any("compile llama" in text for text in stream.written)
