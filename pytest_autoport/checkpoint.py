@@ -57,6 +57,8 @@ def resolve_weights(spec: PortSpec) -> Weights:
     marker = path / TINY_MARKER
     if (path / "config.json").is_file() and not marker.is_file():
         return Weights(path, "checkpoint")
+    if (path / "config.json").is_file() and not spec.tiny:  # a tiny checkpoint named by a spec without [tiny]
+        return Weights(path, f"tiny-{json.loads(marker.read_text()).get('weights', 'checkpoint')}")
     if not spec.tiny:
         if path.exists():
             raise SpecError(spec.path, "model.weights_path", f"{path} holds no config.json")

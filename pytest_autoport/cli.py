@@ -12,6 +12,14 @@ COMMANDS = {
     "verdict": ("pytest_autoport.verdict_command", "run the staged verdict for a spec (wraps pytest)"),
     "env": ("pytest_autoport.envcheck", "check this machine: packages, NeuronCores, runnable stages"),
     "clean-cache": ("pytest_autoport.artifacts", "classify and purge compiled-artifact caches"),
+    "validate": (
+        "pytest_autoport.validate_command",
+        "Autoport's validation tool: JSON config, --mode token|logit|all",
+    ),
+    "spec-from-validation-config": (
+        "pytest_autoport.spec_from_validation_command",
+        "convert a validation JSON into a spec",
+    ),
 }
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from .errors import SpecError
+from .progress import progress
 
 
 @dataclass
@@ -96,7 +97,7 @@ def greedy_golden(
     Encoder-decoder: the prompt is the encoder input and the continuation is the decoder output after
     its start token."""
     out = []
-    for prompt in prompts:
+    for prompt in progress(prompts, desc="FP32 golden"):
         ids = torch.tensor([prompt])
         generated = model.generate(
             ids,

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from .errors import AutoportError, SpecError, StageFailure, TargetUnavailable
+from .html_report import report_path, write_html_report
 from .results import FIGURE_PREFIX, StageRecord, Verdict, format_table, write_outputs
 from .session import AutoportSession, Options
 from .spec import PortSpec, find_spec_file, load_spec
@@ -240,6 +241,7 @@ class VerdictReporter:
         self.state = state
         self.verdict: Verdict | None = None
         self.outputs: tuple[Path, Path] | None = None
+        self.html: Path | None = None
 
     def _verdict(self) -> Verdict:
         if self.verdict is None:
@@ -302,6 +304,7 @@ class VerdictReporter:
 
         self.verdict.versions.setdefault("pytest_autoport", __version__)
         self.outputs = write_outputs(self.verdict, self.state.artifacts_dir)
+        self.html = write_html_report(self.verdict.to_dict(), report_path(self.outputs[0]))
         if not self.verdict.passed and session.exitstatus == 0 and not self.verdict.dry_run:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
@@ -315,6 +318,7 @@ class VerdictReporter:
             json_path, summary_path = self.outputs
             terminalreporter.write_line(f"results: {json_path}")
             terminalreporter.write_line(f"summary: {summary_path}")
+            terminalreporter.write_line(f"report: {self.html}")
 
 
 def _message(report: pytest.TestReport) -> str:

@@ -8,7 +8,6 @@ every input) and the decoder writes the text that follows it.
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
@@ -23,7 +22,8 @@ def train_on_corpus(
 ) -> dict:
     """Train ``model`` in place; deterministic for a seed and torch version."""
     import torch
-    from tqdm import tqdm
+
+    from .progress import progress as progress_bar
 
     ids = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"])
     generator = torch.Generator().manual_seed(seed)
@@ -36,9 +36,7 @@ def train_on_corpus(
     model.train()
     start = time.perf_counter()
     loss_value = float("nan")
-    progress = tqdm(
-        range(steps), desc=f"training tiny {model.config.model_type}", disable=not sys.stderr.isatty()
-    )
+    progress = progress_bar(range(steps), desc=f"training tiny {model.config.model_type}")
     for _ in progress:
         loss = model(**next(sample), use_cache=False).loss
         optimizer.zero_grad(set_to_none=True)

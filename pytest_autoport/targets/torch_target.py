@@ -11,6 +11,7 @@ import torch
 
 from ..errors import StageFailure
 from ..generation import SamplingParams, generate, generate_seq2seq, score, score_seq2seq
+from ..progress import progress
 from ..spec import PortSpec, import_port_class
 from .base import CompiledModel, CompileResult, GenerationResult
 
@@ -103,7 +104,7 @@ class TorchTarget:
             return self._compile_seq2seq(port, spec, out_dir)
         compiler = spec.port.compiler
         graphs, seconds = {}, {}
-        for graph_name, seq, cache_len in graph_shapes(spec):
+        for graph_name, seq, cache_len in progress(graph_shapes(spec), desc=f"compile {spec.name}"):
             example = (
                 torch.zeros(spec.port.batch_size, seq, dtype=torch.long),
                 torch.arange(seq).expand(spec.port.batch_size, seq).contiguous(),
