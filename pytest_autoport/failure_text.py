@@ -1,0 +1,86 @@
+"""A few lines for an unexpected exception in a stage: the error, its root cause, and the frames in
+the user's own files. The full traceback goes to the results JSON (and to the terminal with --tb=long)."""
+
+from __future__ import annotations
+
+import linecache
+import sysconfig
+import traceback
+from pathlib import Path
+
+_LIBRARY_DIRS = tuple(
+    Path(p).resolve()
+    for p in {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+)
+_HARNESS_DIR = Path(__file__).resolve().parent
+MAX_USER_FRAMES = 4
+
+
+def short_failure(exc: BaseException, rootdir: Path) -> str:
+    """``Type: message``, up to ``MAX_USER_FRAMES`` frames in the user's files (or, when there are none,
+    where it was raised), then ``root cause: Type: message`` when the exception was chained."""
+    lines = [_headline(exc)]
+    frames = _user_frames(exc)
+    chain = _chain(exc)
+    if len(chain) > 1:
+        frames += [f for f in _user_frames(chain[-1]) if f not in frames]
+    if not frames:
+        innermost = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
+        frames = [(f.filename, f.lineno, f.name) for f in innermost]
+        lines += [f"  raised in {_where(frame, rootdir)}" for frame in frames]
+    else:
+        for frame in frames[-MAX_USER_FRAMES:]:
+            lines.append(f"  {_where(frame, rootdir)}")
+            code = linecache.getline(frame[0], frame[1]).strip()
+            if code:
+                lines.append(f"      {code}")
+    if len(chain) > 1:
+        lines.append(f"root cause: {_headline(chain[-1])}")
+    lines.append("(full traceback: the stage's 'traceback' in the results JSON, or --tb=long)")
+    return "\n".join(lines)
+
+
+def _headline(exc: BaseException) -> str:
+    text = str(exc).strip()
+    name = type(exc).__name__
+    if isinstance(exc, KeyError) and exc.args:
+        text = repr(exc.args[0])
+    return f"{name}: {text}" if text else name
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and the exceptions it was raised from or during, outermost first."""
+    seen = [exc]
+    while True:
+        nxt = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+        if nxt is None or nxt in seen:
+            return seen
+        seen.append(nxt)
+        exc = nxt
+
+
+def _user_frames(exc: BaseException) -> list[tuple[str, int, str]]:
+    return [
+        (f.filename, f.lineno, f.name)
+        for f in traceback.extract_tb(exc.__traceback__)
+        if _is_user_file(f.filename)
+    ]
+
+
+def _is_user_file(filename: str) -> bool:
+    if filename.startswith("<"):
+        return False
+    path = Path(filename).resolve()
+    if path.is_relative_to(_HARNESS_DIR):
+        return False
+    return not any(path.is_relative_to(d) for d in _LIBRARY_DIRS)
+
+
+def _where(frame: tuple[str, int, str], rootdir: Path) -> str:
+    filename, lineno, name = frame
+    path = Path(filename)
+    try:
+        shown = path.resolve().relative_to(rootdir.resolve()).as_posix()
+    except ValueError:
+        shown = str(path)
+    return f"{shown}:{lineno} in {name}"
