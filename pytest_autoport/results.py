@@ -86,7 +86,7 @@ class Verdict:
 
 def key_figure(rec: StageRecord) -> str:
     f = rec.figures
-    if rec.status == "skipped":
+    if rec.status == "skipped" or (rec.status in ("failed", "error") and not f):
         return rec.message.splitlines()[0][:70] if rec.message else ""
     if rec.stage == "env":
         return f"torch {f.get('torch', '?')}, transformers {f.get('transformers', '?')}"

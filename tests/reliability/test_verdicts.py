@@ -91,7 +91,7 @@ def test_dry_run_is_not_a_failure(port_project):
     assert "FAILED" not in result.stdout.str()
 
 
-@pytest.mark.parametrize("dist", [None, "load", "worksteal"])
+@pytest.mark.parametrize("dist", [None, "worksteal"])  # None: -n alone, i.e. --dist load
 def test_xdist_keeps_one_spec_on_one_worker(port_project, dist):
     pytest.importorskip("xdist")
     port_project.plant("wrong_weight_key")
