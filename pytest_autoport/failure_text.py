@@ -17,30 +17,29 @@ MAX_USER_FRAMES = 4
 
 
 def short_failure(exc: BaseException, rootdir: Path) -> str:
-    """``Type: message``, up to ``MAX_USER_FRAMES`` frames in the user's files (or, when there are none,
-    where it was raised), then ``root cause: Type: message`` when the exception was chained."""
-    lines = [_headline(exc)]
+    """``Type: message``, the last ``MAX_USER_FRAMES`` frames in the user's files, where it was raised
+    when that is library or harness code, and ``root cause: Type: message`` for a chained exception."""
+    lines = [headline(exc)]
     frames = _user_frames(exc)
     chain = _chain(exc)
     if len(chain) > 1:
         frames += [f for f in _user_frames(chain[-1]) if f not in frames]
-    if not frames:
-        innermost = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
-        frames = [(f.filename, f.lineno, f.name) for f in innermost]
-        lines += [f"  raised in {_where(frame, rootdir)}" for frame in frames]
-    else:
-        for frame in frames[-MAX_USER_FRAMES:]:
-            lines.append(f"  {_where(frame, rootdir)}")
-            code = linecache.getline(frame[0], frame[1]).strip()
-            if code:
-                lines.append(f"      {code}")
+    for frame in frames[-MAX_USER_FRAMES:]:
+        lines.append(f"  {_where(frame, rootdir)}")
+        code = linecache.getline(frame[0], frame[1]).strip()
+        if code:
+            lines.append(f"      {code}")
+    innermost = traceback.extract_tb(chain[-1].__traceback__)[-1:] if chain[-1].__traceback__ else []
+    for f in innermost:
+        if not _is_user_file(f.filename):  # raised inside a library or the harness: say where
+            lines.append(f"  raised in {_where((f.filename, f.lineno, f.name), rootdir)}")
     if len(chain) > 1:
-        lines.append(f"root cause: {_headline(chain[-1])}")
+        lines.append(f"root cause: {headline(chain[-1])}")
     lines.append("(full traceback: the stage's 'traceback' in the results JSON, or --tb=long)")
     return "\n".join(lines)
 
 
-def _headline(exc: BaseException) -> str:
+def headline(exc: BaseException) -> str:
     text = str(exc).strip()
     name = type(exc).__name__
     if isinstance(exc, KeyError) and exc.args:

@@ -208,7 +208,13 @@ class SpecFile(pytest.File):
             yield item
 
     def repr_failure(self, excinfo):
-        return str(excinfo.value)
+        if isinstance(excinfo.value, (AutoportError, self.CollectError)):
+            return str(excinfo.value)
+        if self.config.getoption("tbstyle", "auto") in ("long", "native"):
+            return super().repr_failure(excinfo)
+        from .failure_text import short_failure
+
+        return short_failure(excinfo.value, self.config.rootpath)
 
 
 class StageItem(pytest.Item):
@@ -259,13 +265,12 @@ class StageItem(pytest.Item):
         self.full_traceback = str(full)
         if self.config.getoption("tbstyle", "auto") in ("long", "native"):
             return super().repr_failure(excinfo, style=style)
-        from .failure_text import short_failure
+        from .failure_text import headline, short_failure
 
         exc = excinfo.value
-        key = (type(exc).__name__, str(exc))
-        first = self.state.errors_seen.setdefault(key, self.planned.id)
-        if first != self.planned.id:
-            return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} (same error as {first}, above)"
+        first = self.state.errors_seen.setdefault((type(exc).__name__, str(exc)), self.planned.id)
+        if first != self.planned.id:  # a shared step failing again: one line, not the same lines again
+            return f"{headline(exc).splitlines()[0]} (same error as {first}, shown above)"
         return short_failure(exc, self.config.rootpath)
 
     def reportinfo(self):

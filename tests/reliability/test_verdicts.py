@@ -41,7 +41,8 @@ def test_spec_outside_rootdir_gets_the_full_verdict(port_project, tmp_path_facto
     statuses = port_project.statuses()
     _downstream_of_weights_skipped(statuses)
     assert PREREQUISITE_WEIGHTS in port_project.stage("component[mlp-layer0]")["message"]
-    assert port_project.results()["spec"] == str(outside)
+    data = json.loads((_results_dir(port_project) / "llama.json").read_text())
+    assert data["spec"] == str(outside) and data["partial"] is False
     result.stdout.fnmatch_lines(["*autoport verdict*", "verdict: FAILED (llama*", "results: *llama.json"])
     assert (port_project.root / "agent_artifacts" / "traces" / "port_summary.md").exists()
 
@@ -101,6 +102,8 @@ def test_xdist_keeps_one_spec_on_one_worker(port_project, dist):
     _downstream_of_weights_skipped(statuses)
     for sid in ("component[mlp-layer0]", "model"):
         assert PREREQUISITE_WEIGHTS in port_project.stage(sid)["message"]
+    full = json.loads((_results_dir(port_project) / "llama.json").read_text())
+    assert full["partial"] is False and full["selection"]["selected"] == full["selection"]["planned"]
 
 
 RAISE_IN_INIT = (
@@ -113,21 +116,35 @@ RAISE_IN_INIT = (
 
 def test_unexpected_error_reads_in_a_few_lines(port_project):
     port_project.replace(*RAISE_IN_INIT)
-    result = port_project.run("-k", "weights or mlp-layer0 or model")
+    result = port_project.run("-k", "mlp-layer0 or model")  # each of the 4 items builds the port
     out = result.stdout.str()
     assert result.ret == 1
-    assert "RuntimeError: attention cannot be built" in out
+    assert out.count("RuntimeError: attention cannot be built\n") == 1
     assert "root cause: KeyError: 'rope_scaling'" in out
     assert "neuron_port/llama/modeling_llama.py:" in out  # the user's frame, named
+    assert out.count("(same error as component[mlp-layer0], shown above)") == 3
     assert "site-packages" not in out and "_pytest" not in out
     assert len(out.splitlines()) < 80, out
-    weights = port_project.stage("weights")
-    assert weights["status"] == "failed"
-    assert "RuntimeError: attention cannot be built" in weights["message"]
-    assert "Traceback" in weights["traceback"] or "pytest_autoport" in weights["traceback"]
+    first = port_project.stage("component[mlp-layer0]")
+    assert first["status"] == "failed"
+    assert first["message"].startswith("RuntimeError: attention cannot be built")
+    assert "pytest_autoport" in first["traceback"] and "KeyError" in first["traceback"]
 
-    long = port_project.run("-k", "weights", "--tb=long").stdout.str()
+    long = port_project.run("-k", "mlp-layer0 and not bfloat16", "--tb=long").stdout.str()
     assert "pytest_autoport" in long and len(long.splitlines()) > len(out.splitlines())
+
+
+def test_short_failure_names_the_callers_line_and_where_the_library_raised(tmp_path):
+    from pytest_autoport.failure_text import short_failure
+
+    try:
+        json.loads("{not json")
+    except ValueError as exc:
+        lines = short_failure(exc, tmp_path).splitlines()
+    assert lines[0].startswith("JSONDecodeError: Expecting property name")
+    assert lines[1].startswith(f"  {__file__}:") and lines[2].strip() == 'json.loads("{not json")'
+    assert lines[3].startswith("  raised in ") and "json/decoder.py" in lines[3]
+    assert len(lines) == 5
 
 
 def test_results_that_cannot_be_written_are_reported_in_one_line(port_project):
