@@ -14,12 +14,16 @@ _LIBRARY_DIRS = tuple(
 )
 _HARNESS_DIR = Path(__file__).resolve().parent
 MAX_USER_FRAMES = 4
+MAX_MESSAGE_LINES = 12  # some errors (torch.export's) carry a whole report in their message
 
 
 def short_failure(exc: BaseException, rootdir: Path) -> str:
     """``Type: message``, the last ``MAX_USER_FRAMES`` frames in the user's files, where it was raised
     when that is library or harness code, and ``root cause: Type: message`` for a chained exception."""
-    lines = [headline(exc)]
+    message = headline(exc).splitlines()
+    lines = message[:MAX_MESSAGE_LINES]
+    if len(message) > MAX_MESSAGE_LINES:
+        lines.append(f"  ... ({len(message) - MAX_MESSAGE_LINES} more lines of the message)")
     frames = _user_frames(exc)
     chain = _chain(exc)
     if len(chain) > 1:
@@ -34,7 +38,7 @@ def short_failure(exc: BaseException, rootdir: Path) -> str:
         if not _is_user_file(f.filename):  # raised inside a library or the harness: say where
             lines.append(f"  raised in {_where((f.filename, f.lineno, f.name), rootdir)}")
     if len(chain) > 1:
-        lines.append(f"root cause: {headline(chain[-1])}")
+        lines.append(f"root cause: {headline(chain[-1]).splitlines()[0]}")
     lines.append("(full traceback: the stage's 'traceback' in the results JSON, or --tb=long)")
     return "\n".join(lines)
 

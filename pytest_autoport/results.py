@@ -170,7 +170,8 @@ def write_atomic(path: Path, text: str) -> None:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
         named = exc.filename if exc.filename and Path(exc.filename) in path.parents else path
-        raise OSError(exc.errno, exc.strerror or str(exc), str(named)) from exc
+        problem = "exists but is not a folder" if isinstance(exc, FileExistsError) else exc.strerror
+        raise OSError(exc.errno, problem or str(exc), str(named)) from exc
     except BaseException:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)

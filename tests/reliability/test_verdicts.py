@@ -154,7 +154,7 @@ def test_results_that_cannot_be_written_are_reported_in_one_line(port_project):
     out = result.stdout.str() + result.stderr.str()
     assert result.ret != 0
     assert "INTERNALERROR" not in out and "Traceback" not in out
-    result.stdout.fnmatch_lines(["results not written: *agent_artifacts/results*"])
+    result.stdout.fnmatch_lines(["results not written: exists but is not a folder: *agent_artifacts/results"])
 
 
 def _graph(vocab: int, nan_at_position: int | None):
@@ -222,3 +222,12 @@ def test_results_are_written_with_the_users_file_mode(tmp_path):
     finally:
         os.umask(previous)
     assert stat.S_IMODE((tmp_path / "out" / "llama.json").stat().st_mode) == 0o640
+
+
+def test_short_failure_cuts_a_long_message(tmp_path):
+    from pytest_autoport.failure_text import MAX_MESSAGE_LINES, short_failure
+
+    report = "\n".join(f"line {i}" for i in range(500))
+    lines = short_failure(RuntimeError(report), tmp_path).splitlines()
+    assert lines[MAX_MESSAGE_LINES] == f"  ... ({500 - MAX_MESSAGE_LINES} more lines of the message)"
+    assert len(lines) < MAX_MESSAGE_LINES + 4
