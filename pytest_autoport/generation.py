@@ -87,8 +87,9 @@ def generate(
         for i, row in enumerate(rows):
             input_ids[i, : len(row)] = torch.tensor(row)
         positions = torch.arange(bucket).expand(batch_size, bucket).contiguous()
-        logits = context_graphs[bucket](input_ids, positions)
-        return logits[torch.arange(batch_size), lengths - 1], lengths
+        logits = context_graphs[bucket](input_ids, positions)[torch.arange(batch_size), lengths - 1]
+        check_finite(logits, f"of context encoding (bucket {bucket})", lengths - 1)
+        return logits, lengths
 
     return _generate_in_batches(prompts, params, prefill, token_graphs, reset_cache, batch_size, used)
 
@@ -172,12 +173,26 @@ def _decode(next_ids, start, params, generator, token_graphs, used) -> tuple[tor
         position = (start + step - 1)[:, None]
         reach = smallest_fitting(int(position.max()) + 1, buckets)
         used.add(f"token_generation_{reach}")
-        logits = token_graphs[reach](next_ids[:, None], position)
-        next_ids = choose_next(logits[:, -1], params, generator)
+        logits = token_graphs[reach](next_ids[:, None], position)[:, -1]
+        check_finite(logits, f"at decode step {step}, bucket {reach}", position[:, 0])
+        next_ids = choose_next(logits, params, generator)
         generated.append(next_ids)
         finished |= _hit_eos(next_ids, params)
         steps += 1
     return torch.stack(generated, dim=1), steps
+
+
+def check_finite(logits: torch.Tensor, where: str, positions: torch.Tensor) -> None:
+    """Fail naming ``where`` when next-token logits [batch, vocab] hold NaN or +Inf, or a row has no
+    finite value at all (-Inf alone masks a token and is allowed): otherwise argmax picks a NaN's
+    token and the fault shows up only later, as "degenerate output"."""
+    bad = torch.isnan(logits).any(-1) | torch.isposinf(logits).any(-1) | ~torch.isfinite(logits).any(-1)
+    if bool(bad.any()):
+        row = int(bad.nonzero()[0, 0])
+        kind = "NaN" if bool(torch.isnan(logits[row]).any()) else "Inf"
+        raise StageFailure(
+            f"NaN/Inf in the logits {where}: {kind} in batch row {row} at position {int(positions[row])}"
+        )
 
 
 def _hit_eos(ids: torch.Tensor, params: SamplingParams) -> torch.Tensor:
@@ -260,8 +275,9 @@ def generate_seq2seq(
         decoder_ids = torch.full((batch_size, first_bucket), pad_id, dtype=torch.long)
         decoder_ids[:, 0] = decoder_start_id
         positions = torch.arange(first_bucket).expand(batch_size, first_bucket).contiguous()
-        logits = context_graphs[first_bucket](decoder_ids, positions, encoder_hidden, encoder_mask)
-        return logits[:, 0], torch.ones(batch_size, dtype=torch.long)
+        logits = context_graphs[first_bucket](decoder_ids, positions, encoder_hidden, encoder_mask)[:, 0]
+        check_finite(logits, f"of decoder context encoding (bucket {first_bucket})", torch.zeros(batch_size))
+        return logits, torch.ones(batch_size, dtype=torch.long)
 
     return _generate_in_batches(prompts, params, prefill, token_graphs, reset_cache, batch_size, used)
 

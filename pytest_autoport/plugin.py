@@ -13,11 +13,10 @@ from pathlib import Path
 import pytest
 
 from .errors import AutoportError, SpecError, StageFailure, TargetUnavailable
-from .html_report import report_path, write_html_report
-from .results import FIGURE_PREFIX, StageRecord, Verdict, format_table, write_outputs
+from .results import FIGURE_PREFIX
 from .session import AutoportSession, Options
 from .spec import PortSpec, find_spec_file, load_spec
-from .spec_checks import spec_warnings
+from .verdict_reporter import STAGE_KEY, VerdictReporter, stage_of
 
 STATE = pytest.StashKey["AutoportState"]()
 
@@ -30,6 +29,17 @@ class AutoportState:
         self.spec_path = spec_path
         self.session: AutoportSession | None = None
         self.outcomes: dict[str, str] = {}  # stage id -> passed/failed/skipped
+        self.planned: int | None = None  # stage items the spec plans, once collected
+        self.errors_seen: dict[tuple[str, str], str] = {}  # (type, message) -> first stage id raising it
+
+    @property
+    def spec_nodeid(self) -> str:
+        """The spec file's node id: its path from the rootdir, or its absolute path outside it
+        (pytest would give a spec passed from outside the rootdir an empty one)."""
+        try:
+            return self.spec_path.relative_to(self.config.rootpath).as_posix()
+        except ValueError:
+            return self.spec_path.as_posix()
 
     def option(self, name):
         return self.config.getoption(name)
@@ -146,8 +156,27 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
 def pytest_collect_file(file_path: Path, parent: pytest.Collector):
     state = parent.config.stash.get(STATE, None)
     if state is not None and file_path.resolve() == state.spec_path:
-        return SpecFile.from_parent(parent, path=file_path)
+        return SpecFile.from_parent(parent, path=file_path, nodeid=state.spec_nodeid)
     return None
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    state = config.stash.get(STATE, None)
+    if state is None:
+        return None
+    from .xdist_scheduling import make_scheduler
+
+    return make_scheduler(config, log, state.spec_nodeid)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    full = getattr(item, "full_traceback", "")
+    if full and call.excinfo is not None:
+        report.autoport_traceback = full
+    return report
 
 
 class SpecFile(pytest.File):
@@ -172,20 +201,30 @@ class SpecFile(pytest.File):
         except AutoportError as exc:
             raise self.CollectError(str(exc)) from None
         state.session = session
-        for planned in plan(session.spec, num_layers, session.lp_dtype_name, present):
+        planned_stages = plan(session.spec, num_layers, session.lp_dtype_name, present)
+        state.planned = len(planned_stages)
+        for planned in planned_stages:
             item = StageItem.from_parent(self, name=planned.id, planned=planned)
             item.add_marker(pytest.mark.xdist_group(spec.name))
             item.add_marker(pytest.mark.timeout(timeout_for(planned.stage.name, spec)))
             yield item
 
     def repr_failure(self, excinfo):
-        return str(excinfo.value)
+        if isinstance(excinfo.value, (AutoportError, self.CollectError)):
+            return str(excinfo.value)
+        if self.config.getoption("tbstyle", "auto") in ("long", "native"):
+            return super().repr_failure(excinfo)
+        from .failure_text import short_failure
+
+        return short_failure(excinfo.value, self.config.rootpath)
 
 
 class StageItem(pytest.Item):
     def __init__(self, *, planned, **kwargs):
         super().__init__(**kwargs)
         self.planned = planned
+        self.user_properties.append((STAGE_KEY, planned.id))
+        self.full_traceback = ""
 
     @property
     def state(self) -> AutoportState:
@@ -200,7 +239,7 @@ class StageItem(pytest.Item):
             failed = [
                 sid
                 for sid, outcome in self.state.outcomes.items()
-                if _stage_of(sid) == required and outcome != "passed"
+                if stage_of(sid) == required and outcome != "passed"
             ]
             if failed:
                 pytest.skip(f"prerequisite stage {failed[0]} did not pass ({self.state.outcomes[failed[0]]})")
@@ -224,117 +263,20 @@ class StageItem(pytest.Item):
     def repr_failure(self, excinfo, style=None):
         if isinstance(excinfo.value, AutoportError):
             return str(excinfo.value)
-        return super().repr_failure(excinfo, style=style)
+        full = super().repr_failure(excinfo, style="long")
+        self.full_traceback = str(full)
+        if self.config.getoption("tbstyle", "auto") in ("long", "native"):
+            return super().repr_failure(excinfo, style=style)
+        from .failure_text import headline, short_failure
+
+        exc = excinfo.value
+        first = self.state.errors_seen.setdefault((type(exc).__name__, str(exc)), self.planned.id)
+        if first != self.planned.id:  # a shared step failing again: one line, not the same lines again
+            return f"{headline(exc).splitlines()[0]} (same error as {first}, shown above)"
+        return short_failure(exc, self.config.rootpath)
 
     def reportinfo(self):
         return self.path, None, f"{self.state.spec_path.stem}::{self.name}"
-
-
-def _stage_of(stage_id: str) -> str:
-    return stage_id.split("[", 1)[0]
-
-
-class VerdictReporter:
-    """Builds the verdict from test reports, so it works the same in the xdist controller."""
-
-    def __init__(self, state: AutoportState):
-        self.state = state
-        self.verdict: Verdict | None = None
-        self.outputs: tuple[Path, Path] | None = None
-        self.html: Path | None = None
-
-    def _verdict(self) -> Verdict:
-        if self.verdict is None:
-            state = self.state
-            spec = state.light_spec
-            model, target, dtype = (
-                (spec.name, spec.port.target, spec.port.dtype) if spec else (state.spec_path.stem, "?", "?")
-            )
-            self.verdict = Verdict(
-                model=model,
-                spec=str(state.spec_path),
-                target=state.option("autoport_target") or target,
-                dtype=state.option("autoport_dtype") or dtype,
-                dry_run=bool(state.option("autoport_dry_run")),
-                warnings=spec_warnings(spec) if spec else [],
-            )
-        return self.verdict
-
-    def _ours(self, nodeid: str) -> bool:
-        path = nodeid.split("::", 1)[0]
-        return bool(path) and self.state.spec_path.as_posix().endswith(path)
-
-    def pytest_collectreport(self, report) -> None:
-        if report.failed and self._ours(report.nodeid):
-            self._verdict().error = str(report.longrepr)
-
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        if not self._ours(report.nodeid) or "::" not in report.nodeid:
-            return
-        if report.when != "call" and report.outcome == "passed":
-            return
-        stage_id = report.nodeid.rpartition("::")[2]
-        status = report.outcome if report.when == "call" or report.outcome == "skipped" else "error"
-        self.state.outcomes[stage_id] = status
-        figures = {
-            k[len(FIGURE_PREFIX) :]: v for k, v in report.user_properties if k.startswith(FIGURE_PREFIX)
-        }
-        verdict = self._verdict()
-        if stage_id == "weights" and "weights" in figures:
-            verdict.weights = figures["weights"]
-        if stage_id == "env":
-            verdict.versions = {k: figures[k] for k in ("python", "torch", "transformers") if k in figures}
-        verdict.record(
-            StageRecord(
-                stage=_stage_of(stage_id),
-                id=stage_id,
-                nodeid=report.nodeid,
-                status=status,
-                duration_s=round(report.duration, 3),
-                figures=figures,
-                message=_message(report),
-                traceback=_traceback(report),
-            )
-        )
-
-    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
-        if hasattr(session.config, "workerinput") or self.verdict is None:
-            return
-        from . import __version__
-
-        self.verdict.versions.setdefault("pytest_autoport", __version__)
-        self.outputs = write_outputs(self.verdict, self.state.artifacts_dir)
-        self.html = write_html_report(self.verdict.to_dict(), report_path(self.outputs[0]))
-        if not self.verdict.passed and session.exitstatus == 0 and not self.verdict.dry_run:
-            session.exitstatus = pytest.ExitCode.TESTS_FAILED
-
-    def pytest_terminal_summary(self, terminalreporter) -> None:
-        if self.verdict is None:
-            return
-        terminalreporter.section("autoport verdict")
-        for line in format_table(self.verdict):
-            terminalreporter.write_line(line)
-        if self.outputs:
-            json_path, summary_path = self.outputs
-            terminalreporter.write_line(f"results: {json_path}")
-            terminalreporter.write_line(f"summary: {summary_path}")
-            terminalreporter.write_line(f"report: {self.html}")
-
-
-def _message(report: pytest.TestReport) -> str:
-    if report.skipped and isinstance(report.longrepr, tuple):
-        return str(report.longrepr[2]).removeprefix("Skipped: ")
-    if report.failed:
-        crash = getattr(report.longrepr, "reprcrash", None)
-        return crash.message if crash is not None else str(report.longrepr)
-    return ""
-
-
-def _traceback(report: pytest.TestReport) -> str:
-    """The full traceback of an unexpected error; a failed check's message stands on its own."""
-    if report.failed and getattr(report.longrepr, "reprcrash", None) is not None:
-        return str(report.longrepr)
-    return ""
 
 
 @pytest.fixture(scope="session")

@@ -41,10 +41,21 @@ class Verdict:
     error: str = ""  # a failure before any stage ran (a bad spec)
     warnings: list[str] = field(default_factory=list)  # the spec is valid but checks less than it could
     started_at: float = field(default_factory=time.time)
+    partial: bool = False  # a selection or a dry run: written beside the full verdict, never over it
+    selection: dict = field(default_factory=dict)  # planned/selected/deselected counts, -k, -m, --lf
 
     @property
     def passed(self) -> bool:
         return not self.error and bool(self.stages) and all(s.status == "passed" for s in self.stages)
+
+    @property
+    def outcome(self) -> str:
+        """passed | failed | dry-run (a dry run with nothing failed: it proves nothing either way)."""
+        if self.passed:
+            return "passed"
+        if self.dry_run and not self.error and all(s.status in ("passed", "skipped") for s in self.stages):
+            return "dry-run"
+        return "failed"
 
     def record(self, rec: StageRecord) -> None:
         existing = next((i for i, s in enumerate(self.stages) if s.nodeid == rec.nodeid), None)
@@ -62,6 +73,9 @@ class Verdict:
             "dtype": self.dtype,
             "dry_run": self.dry_run,
             "passed": self.passed,
+            "verdict": self.outcome,
+            "partial": self.partial,
+            "selection": self.selection,
             "weights": self.weights,
             "versions": self.versions,
             "error": self.error,
@@ -74,7 +88,7 @@ class Verdict:
 
 def key_figure(rec: StageRecord) -> str:
     f = rec.figures
-    if rec.status == "skipped":
+    if rec.status == "skipped" or (rec.status in ("failed", "error") and not f):
         return rec.message.splitlines()[0][:70] if rec.message else ""
     if rec.stage == "env":
         return f"torch {f.get('torch', '?')}, transformers {f.get('transformers', '?')}"
@@ -115,28 +129,73 @@ def format_table(verdict: Verdict) -> list[str]:
         lines.append(f"generated[{i}]: {text!r}")
     lines += [f"warning: {w}" for w in verdict.warnings]
     lines.append(
-        f"verdict: {'PASSED' if verdict.passed else 'FAILED'} ({verdict.model}, target {verdict.target}, "
+        f"verdict: {verdict_word(verdict)} ({verdict.model}, target {verdict.target}, "
         f"{verdict.weights.get('kind', '?')} weights)"
     )
+    if verdict.partial:
+        lines.append(f"partial run: {selection_text(verdict.selection)}; the full verdict is left as it was")
     return lines
 
 
+def verdict_word(verdict: Verdict) -> str:
+    if verdict.outcome == "dry-run":
+        counts = {status: sum(s.status == status for s in verdict.stages) for status in ("passed", "skipped")}
+        return f"DRY RUN: {counts['passed']} passed, {counts['skipped']} skipped"
+    word = "PASSED" if verdict.passed else "FAILED"
+    return f"PARTIAL, {word}" if verdict.partial else word
+
+
+def selection_text(selection: dict) -> str:
+    """``3 of 33 stages selected (-k mlp, --lf)`` from a verdict's ``selection``."""
+    how = [f"-k {selection['keyword']}"] if selection.get("keyword") else []
+    how += [f"-m {selection['markers']}"] if selection.get("markers") else []
+    how += ["--lf"] if selection.get("last_failed") else []
+    how += ["--deselect"] if selection.get("deselect") else []
+    how += ["--autoport-dry-run"] if selection.get("dry_run") else []
+    if selection.get("planned") is None:
+        text = "stages not collected"
+    else:
+        text = f"{selection['selected']} of {selection['planned']} stages selected"
+    return text + (f" ({', '.join(how)})" if how else "")
+
+
 def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    """Write ``text`` to ``path`` through a temporary file and a rename, with the mode a plain
+    ``open()`` would give (0666 less the umask). An OSError names ``path`` (or the folder that
+    could not be made), never the temporary file."""
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            os.fchmod(handle.fileno(), 0o666 & ~_umask())
             handle.write(text)
         os.replace(tmp, path)
+    except OSError as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        named = exc.filename if exc.filename and Path(exc.filename) in path.parents else path
+        problem = "exists but is not a folder" if isinstance(exc, FileExistsError) else exc.strerror
+        raise OSError(exc.errno, problem or str(exc), str(named)) from exc
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         raise
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_outputs(verdict: Verdict, artifacts_dir: Path) -> tuple[Path, Path]:
-    json_path = artifacts_dir / "results" / f"{verdict.model}.json"
+    """The results JSON and port_summary.md; a partial run's go beside the full ones
+    (``<model>.partial.json``, ``port_summary.partial.md``) so CI never reads a partial verdict."""
+    suffix = ".partial" if verdict.partial else ""
+    json_path = artifacts_dir / "results" / f"{verdict.model}{suffix}.json"
     write_atomic(json_path, json.dumps(verdict.to_dict(), indent=2, default=str) + "\n")
-    summary_path = artifacts_dir / "traces" / "port_summary.md"
+    summary_path = artifacts_dir / "traces" / f"port_summary{suffix}.md"
     write_atomic(summary_path, port_summary(verdict))
     return json_path, summary_path
 
@@ -145,7 +204,8 @@ def port_summary(verdict: Verdict) -> str:
     lines = [
         f"# Port summary: {verdict.model}",
         "",
-        f"- verdict: **{'PASSED' if verdict.passed else 'FAILED'}**",
+        f"- verdict: **{verdict_word(verdict)}**",
+        *([f"- partial run: {selection_text(verdict.selection)}"] if verdict.partial else []),
         f"- spec: `{verdict.spec}`; target `{verdict.target}`; dtype `{verdict.dtype}`",
         f"- weights: {verdict.weights.get('kind', '?')} (`{verdict.weights.get('path', '?')}`)",
         f"- versions: {', '.join(f'{k} {v}' for k, v in verdict.versions.items())}",

@@ -104,7 +104,13 @@ class PortProject:
         )
 
     def results(self) -> dict:
-        return json.loads((self.root / "agent_artifacts" / "results" / f"{self.name}.json").read_text())
+        """The verdict the last run wrote: ``<name>.json``, or ``<name>.partial.json`` after a run
+        that selected some stages (-k, --lf) or a dry run."""
+        folder = self.root / "agent_artifacts" / "results"
+        written = [
+            p for p in (folder / f"{self.name}.json", folder / f"{self.name}.partial.json") if p.exists()
+        ]
+        return json.loads(max(written, key=lambda p: p.stat().st_mtime_ns).read_text())
 
     def stage(self, stage_id: str) -> dict:
         return next(s for s in self.results()["stages"] if s["id"] == stage_id)

@@ -1,0 +1,176 @@
+"""The verdict from test reports: stage records, the selection that shaped the run, the results files
+and the terminal table. Works the same in one process and in the xdist controller, which sees only
+reports: a stage report is recognised by the stage id its item carries (``STAGE_KEY``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from .html_report import report_path, write_html_report
+from .results import FIGURE_PREFIX, StageRecord, Verdict, format_table, write_outputs
+from .spec_checks import spec_warnings
+
+STAGE_KEY = "autoport-stage"  # user property set on every stage item: its stage id
+WORKER_OUTPUT_KEY = "autoport_selection"
+
+
+def stage_of(stage_id: str) -> str:
+    return stage_id.split("[", 1)[0]
+
+
+def stage_id_of(report_or_item) -> str | None:
+    """The stage id of one of our items or its reports; None for anything else."""
+    return next((value for key, value in report_or_item.user_properties if key == STAGE_KEY), None)
+
+
+class VerdictReporter:
+    def __init__(self, state):
+        self.state = state
+        self.verdict: Verdict | None = None
+        self.outputs: tuple[Path, Path] | None = None
+        self.html: Path | None = None
+        self.write_error = ""
+        self.counts: dict | None = None  # {"planned": n, "selected": m}, from this process or a worker
+
+    def _verdict(self) -> Verdict:
+        if self.verdict is None:
+            state = self.state
+            spec = state.light_spec
+            model, target, dtype = (
+                (spec.name, spec.port.target, spec.port.dtype) if spec else (state.spec_path.stem, "?", "?")
+            )
+            self.verdict = Verdict(
+                model=model,
+                spec=str(state.spec_path),
+                target=state.option("autoport_target") or target,
+                dtype=state.option("autoport_dtype") or dtype,
+                dry_run=bool(state.option("autoport_dry_run")),
+                warnings=spec_warnings(spec) if spec else [],
+            )
+        return self.verdict
+
+    def pytest_collectreport(self, report) -> None:
+        if report.failed and report.nodeid == self.state.spec_nodeid:
+            self._verdict().error = str(report.longrepr)
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        if self.state.planned is not None:
+            selected = sum(stage_id_of(item) is not None for item in session.items)
+            self.counts = {"planned": self.state.planned, "selected": selected}
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node, error) -> None:
+        counts = getattr(node, "workeroutput", {}).get(WORKER_OUTPUT_KEY)
+        if counts and self.counts is None:
+            self.counts = counts
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        stage_id = stage_id_of(report)
+        if stage_id is None:
+            return
+        if report.when != "call" and report.outcome == "passed":
+            return
+        status = report.outcome if report.when == "call" or report.outcome == "skipped" else "error"
+        self.state.outcomes[stage_id] = status
+        figures = {
+            k[len(FIGURE_PREFIX) :]: v for k, v in report.user_properties if k.startswith(FIGURE_PREFIX)
+        }
+        verdict = self._verdict()
+        if stage_id == "weights" and "weights" in figures:
+            verdict.weights = figures["weights"]
+        if stage_id == "env":
+            verdict.versions = {k: figures[k] for k in ("python", "torch", "transformers") if k in figures}
+        verdict.record(
+            StageRecord(
+                stage=stage_of(stage_id),
+                id=stage_id,
+                nodeid=report.nodeid,
+                status=status,
+                duration_s=round(report.duration, 3),
+                figures=figures,
+                message=_message(report),
+                traceback=_traceback(report),
+            )
+        )
+
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        config = session.config
+        if hasattr(config, "workerinput"):
+            if self.counts is not None:
+                config.workeroutput[WORKER_OUTPUT_KEY] = self.counts
+            return
+        if self.verdict is None:
+            return
+        from . import __version__
+
+        verdict = self.verdict
+        verdict.versions.setdefault("pytest_autoport", __version__)
+        verdict.selection = self._selection(config)
+        verdict.partial = _is_partial(verdict.selection)
+        try:
+            self.outputs = write_outputs(verdict, self.state.artifacts_dir)
+            self.html = write_html_report(verdict.to_dict(), report_path(self.outputs[0]))
+        except OSError as exc:
+            self.write_error = f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc)
+        if session.exitstatus == 0 and (self.write_error or (verdict.outcome == "failed")):
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    def _selection(self, config: pytest.Config) -> dict:
+        counts = self.counts or {"planned": None, "selected": None}
+        planned, selected = counts["planned"], counts["selected"]
+        return {
+            "planned": planned,
+            "selected": selected,
+            "deselected": planned - selected if planned is not None else None,
+            "keyword": config.getoption("keyword", "") or "",
+            "markers": config.getoption("markexpr", "") or "",
+            "last_failed": bool(config.getoption("lf", False)),
+            "deselect": list(config.getoption("deselect", None) or []),
+            "dry_run": bool(config.getoption("autoport_dry_run")),
+        }
+
+    def pytest_terminal_summary(self, terminalreporter) -> None:
+        if self.verdict is None:
+            return
+        terminalreporter.section("autoport verdict")
+        for line in format_table(self.verdict):
+            terminalreporter.write_line(line)
+        if self.outputs:
+            json_path, summary_path = self.outputs
+            terminalreporter.write_line(f"results: {json_path}")
+            terminalreporter.write_line(f"summary: {summary_path}")
+            terminalreporter.write_line(f"report: {self.html}")
+        if self.write_error:
+            terminalreporter.write_line(f"results not written: {self.write_error}", red=True)
+
+
+def _is_partial(selection: dict) -> bool:
+    """A run that did not attempt every stage: a dry run, or a selection (-k, -m, --lf, node ids)."""
+    if selection["dry_run"]:
+        return True
+    if selection["planned"] is None:  # not collected (a broken spec): partial only if a selection was asked
+        return bool(
+            selection["keyword"] or selection["markers"] or selection["last_failed"] or selection["deselect"]
+        )
+    return selection["selected"] < selection["planned"]
+
+
+def _message(report: pytest.TestReport) -> str:
+    if report.skipped and isinstance(report.longrepr, tuple):
+        return str(report.longrepr[2]).removeprefix("Skipped: ")
+    if report.failed:
+        crash = getattr(report.longrepr, "reprcrash", None)
+        return crash.message if crash is not None else str(report.longrepr)
+    return ""
+
+
+def _traceback(report: pytest.TestReport) -> str:
+    """The full traceback of an unexpected error; a failed check's message stands on its own."""
+    full = getattr(report, "autoport_traceback", "")
+    if full:
+        return full
+    if report.failed and getattr(report.longrepr, "reprcrash", None) is not None:
+        return str(report.longrepr)
+    return ""
