@@ -20,6 +20,7 @@ precision, and a set that differs is judged by its margin in FP32:
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -118,3 +119,64 @@ def keep_tokens(tensors: list[torch.Tensor], flipped: set[int]) -> list[torch.Te
     if not keep.any():
         return tensors
     return [t.reshape(tokens, t.shape[-1])[keep] for t in tensors]
+
+
+# -- greedy golden: a divergence at a near-tie -------------------------------------------------------
+
+GOLDEN_NEAR_TIE_FLOOR = 0.01  # logits; the near-tie bound never falls below this
+
+
+def golden_near_tie_bound(golden_logit: float, dtype_name: str) -> float:
+    """The logit gap under which a port in ``dtype_name`` may pick the other token by rounding alone:
+    4 ulps of that dtype at the golden logit's magnitude (as for router scores), at least 0.01."""
+    eps = torch.finfo(getattr(torch, dtype_name)).eps
+    magnitude = max(abs(golden_logit), 1e-30)
+    return max(GOLDEN_NEAR_TIE_FLOOR, 4.0 * eps * 2.0 ** math.floor(math.log2(magnitude)))
+
+
+def _tie(logits: torch.Tensor, golden_token: int, port_token: int | None, dtype_name: str):
+    """(golden logit gap between its token and the port's, the near-tie bound there, whether it is one)."""
+    top = float(logits[golden_token])
+    bound = golden_near_tie_bound(top, dtype_name)
+    gap = math.inf if port_token is None else top - float(logits[port_token])
+    return gap, bound, gap <= bound
+
+
+def margin_aware_token_match(free, forced: list[dict], golden_logits: list, ported, dtype_name: str) -> dict:
+    """The greedy token gate with near-ties counted as tied: a prompt whose free-running continuation
+    first diverges at a near-tie (golden logit gap between its token and the port's within
+    :func:`golden_near_tie_bound`) is judged teacher-forced instead (every position on the golden
+    context), near-tie teacher-forced divergences counted as matches; other prompts keep their
+    free-running match. Returns ``token_match_margin_aware`` and which prompts were tied, and why."""
+    matched, total, tied = 0, 0, []
+    for i, pos in enumerate(free.first_divergence):
+        length = len(golden_logits[i])
+        total += length
+        free_hits = round(free.per_prompt[i] * length)
+        if pos is None or pos >= length:
+            matched += free_hits
+            continue
+        logits = golden_logits[i]
+        port_token = ported[i][pos] if pos < len(ported[i]) else None
+        gap, bound, is_tie = _tie(logits[pos], int(logits[pos].argmax()), port_token, dtype_name)
+        if not is_tie:
+            matched += free_hits
+            continue
+        ties = sum(
+            _tie(logits[d["position"]], d["golden_token"], d["port_token"], dtype_name)[2]
+            for d in forced[i]["divergences"]
+        )
+        matched += forced[i]["matched"] + ties
+        tied.append({"prompt": i, "position": pos, "golden_gap": round(gap, 6), "bound": round(bound, 6)})
+    rate = matched / total if total else 1.0
+    note = ""
+    if tied:
+        listed = ", ".join(
+            f"prompt {t['prompt']} at token {t['position']} (gap {t['golden_gap']:.3g} <= {t['bound']:.3g})"
+            for t in tied
+        )
+        note = (
+            f"margin-aware match {rate:.1%}: free-running divergences at near-ties count as tied and those "
+            f"prompts are judged teacher-forced: {listed}"
+        )
+    return {"token_match_margin_aware": round(rate, 4), "near_tie_divergences": tied, "near_tie_note": note}

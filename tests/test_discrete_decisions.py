@@ -109,3 +109,42 @@ def test_flip_at_a_clear_margin_fails_naming_token_and_margin(project):
     assert "routes 1 token(s) to other experts than HF" in stage["message"]
     assert f"token {flip['token']}: experts HF fp32 {flip['fp32']}" in stage["message"]
     assert "clear margin" in stage["message"]
+
+
+def _golden_case(gap):
+    """Two prompts of 4 golden tokens; prompt 0's port output takes token 1 instead of token 0 at
+    position 1, ``gap`` below it in the golden, and free-runs elsewhere from there."""
+    from pytest_autoport.numerics import teacher_forced_match, token_match
+
+    golden = [[0, 0, 0, 0], [2, 2, 2, 2]]
+    ported = [[0, 1, 3, 3], [2, 2, 2, 2]]
+    logits = torch.zeros(2, 4, 5)
+    logits[0, :, 0], logits[0, 1, 1] = 5.0, 5.0 - gap
+    logits[1, :, 2] = 5.0
+    port_logits = logits.clone()
+    port_logits[0, 1, 1] = 5.0 + gap  # teacher-forced, the port also prefers token 1 at position 1
+    forced = [teacher_forced_match(g, p) for g, p in zip(logits, port_logits)]
+    return token_match(golden, ported), forced, list(logits), ported
+
+
+def test_a_golden_divergence_at_a_near_tie_counts_as_tied():
+    from pytest_autoport.discrete import margin_aware_token_match
+
+    free, forced, logits, ported = _golden_case(gap=0.005)
+    assert free.rate == pytest.approx(5 / 8)
+    gate = margin_aware_token_match(free, forced, logits, ported, "float32")
+    assert gate["token_match_margin_aware"] == 1.0
+    assert gate["near_tie_divergences"] == [{"prompt": 0, "position": 1, "golden_gap": 0.005, "bound": 0.01}]
+    assert "free-running divergences at near-ties count as tied" in gate["near_tie_note"]
+    assert "prompt 0 at token 1 (gap 0.005 <= 0.01)" in gate["near_tie_note"]
+
+
+def test_a_golden_divergence_at_a_clear_margin_still_counts():
+    from pytest_autoport.discrete import golden_near_tie_bound, margin_aware_token_match
+
+    free, forced, logits, ported = _golden_case(gap=0.5)
+    gate = margin_aware_token_match(free, forced, logits, ported, "float32")
+    assert gate["token_match_margin_aware"] == pytest.approx(5 / 8) and gate["near_tie_note"] == ""
+    # bf16 logits near 5 round to 2**-7 * 4: a 0.1 gap is within 4 ulps there, 0.5 is not
+    assert golden_near_tie_bound(5.0, "bfloat16") == pytest.approx(4 * 2**-7 * 4)
+    assert margin_aware_token_match(free, forced, logits, ported, "bfloat16")["token_match_margin_aware"] < 1
