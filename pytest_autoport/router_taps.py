@@ -88,3 +88,30 @@ def _relative(path: str, root: str) -> str | None:
     if path.startswith(root + "."):
         return path[len(root) + 1 :]
     return None
+
+
+def model_router_paths(session) -> list[tuple[str, str]]:
+    """(HF path, port path) of every router the full-model check runs, in the reference's order."""
+    captures = session.hf_trace[0]
+    paths = [
+        (hf, port) for name, hf, port, _ in session.module_paths if name in ROUTER_NAMES and hf in captures
+    ]
+    return sorted(paths, key=lambda p: captures[p[0]].order)
+
+
+def model_near_ties(session, port_scores: dict, dtype) -> tuple[list[int], list[Flip]]:
+    """Tokens whose routing flipped at a near-tie anywhere in the full model (later flips of the same
+    token follow from the first and are not judged again), and those flips. Flips at a clear margin
+    are left to R."""
+    k = getattr(session.hf_config, "num_experts_per_tok", None)
+    fp32, lp = session.hf_trace[0], session.hf_trace_lp[0]
+    excluded: set[int] = set()
+    flips: list[Flip] = []
+    for hf, port in model_router_paths(session) if k else []:
+        if port not in port_scores or hf not in lp:
+            continue
+        for flip in routing_flips(hf, fp32[hf].output, lp[hf].output, port_scores[port], k=k, dtype=dtype):
+            if flip.token not in excluded and flip.near_tie:
+                excluded.add(flip.token)
+                flips.append(flip)
+    return sorted(excluded), flips

@@ -11,9 +11,11 @@ import math
 import torch
 
 from ..checks import DEFAULT_BAND, FP32_REL_TOL, check_fp32, check_low_precision
+from ..discrete import keep_tokens
 from ..errors import StageFailure
 from ..hf_reference import capture_modules, hidden_input
 from ..numerics import compare, three_tensor_ratio
+from ..router_taps import model_near_ties, model_router_paths
 
 
 def run(session, dtype=None) -> dict:
@@ -25,10 +27,11 @@ def run(session, dtype=None) -> dict:
             logits = session.run_port_model(session.port)
             return {**figures, **check_fp32(logits, hf_logits, "model logits", plot)}
         _, hf_logits_lp = session.hf_trace_lp
-        logits = session.run_port_model(session.port_lp)
+        logits, routing = _port_logits_without_near_ties(session, [hf_logits_lp, hf_logits])
+        figures.update(routing)
         return {
             **figures,
-            **check_low_precision(logits, hf_logits_lp, hf_logits, "model logits", plot, dtype_name=dtype),
+            **check_low_precision(*logits, "model logits", plot, dtype_name=dtype),
         }
     except StageFailure as failure:
         table, first = localise(session, dtype)
@@ -40,6 +43,26 @@ def run(session, dtype=None) -> dict:
         )
         where += "".join(f"\n{line}" for line in _explanations(table, first))
         raise StageFailure(f"{failure}\n{where}\n{format_table(table, dtype)}", failure.figures) from None
+
+
+def _port_logits_without_near_ties(session, references: list) -> tuple[list, dict]:
+    """The low-precision port's logits and ``references``, without the tokens whose routing flipped
+    at a near-tie (see ``router_taps.model_near_ties``); the figures say which."""
+    paths = [port for _, port in model_router_paths(session)]
+    port = session.port_lp
+    result = {}
+    captures = capture_modules(port, paths, lambda: result.setdefault("logits", session.run_port_model(port)))
+    scores = {path: capture.output for path, capture in captures.items()}
+    tokens, flips = model_near_ties(session, scores, session.lp_dtype)
+    tensors = [result["logits"], *references]
+    if not tokens:
+        return tensors, {}
+    figures = {
+        "routing_flips": [f.to_dict() for f in flips],
+        "routing_near_ties_excluded": tokens,
+        "r_all_tokens": three_tensor_ratio(*tensors),
+    }
+    return keep_tokens(tensors, set(tokens)), figures
 
 
 def localise(session, dtype=None) -> tuple[list[dict], str | None]:
