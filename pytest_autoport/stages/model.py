@@ -22,6 +22,8 @@ def run(session, dtype=None) -> dict:
     _, hf_logits = session.hf_trace
     plot = session.plot_path(f"model-{dtype or 'fp32'}")
     figures = {"tokens": int(session.probe_ids.shape[1])}
+    if getattr(session, "skipped_components", None):  # not checked with this transformers, and why
+        figures["skipped_components"] = session.skipped_components
     try:
         if dtype is None:
             logits = session.run_port_model(session.port)
