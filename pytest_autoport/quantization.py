@@ -217,16 +217,13 @@ def _load_mxfp4_dequantized(model_cls, folder: Path, dtype):
     """transformers' own MXFP4 dequantisation (CPU, no kernels package): the reference owes nothing to
     this module's ``mxfp4_dequantize``. Plain ``from_pretrained`` would try the Triton kernels, or ask for
     accelerate."""
-    import transformers
     from transformers import Mxfp4Config
 
-    dtype_kw = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"  # 4.x name
-    return model_cls.from_pretrained(
-        folder,
-        quantization_config=Mxfp4Config(dequantize=True),
-        attn_implementation="eager",
-        **{dtype_kw: dtype},
+    model = model_cls.from_pretrained(
+        folder, quantization_config=Mxfp4Config(dequantize=True), dtype=dtype, attn_implementation="eager"
     )
+    # transformers 4.x leaves the dequantised experts in bfloat16, which holds MXFP4 values exactly
+    return model.to(dtype)
 
 
 def _load_dequantized(model_cls, folder: Path, dtype):
