@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import SpecError
+from .errors import AutoportError, SpecError
 from .progress import progress
 
 
@@ -125,3 +125,38 @@ def cast_floats(value, dtype):
     if isinstance(value, dict):
         return {k: cast_floats(v, dtype) for k, v in value.items()}
     return value
+
+
+def resolve_component(component, hf_model, num_layers: int, spec_path) -> tuple:
+    """(the component with the HF path the installed transformers uses, a reason to skip it or "").
+
+    ``hf_module`` wins where any layer has it, else the first of ``hf_module_aliases`` that does (the
+    port path stays the spec's). A module that is a container (ModuleList/ModuleDict) is never called,
+    so there is nothing to compare: the component is skipped with that reason."""
+    import dataclasses
+
+    layers = range(num_layers) if component.per_layer else [None]
+    for path in [component.hf_module, *component.hf_module_aliases]:
+        modules = [
+            m for m in (_submodule(hf_model, path.format(i=layer)) for layer in layers) if m is not None
+        ]
+        if not modules:
+            continue
+        if path != component.hf_module:
+            component = dataclasses.replace(
+                component, hf_module=path, port_module=component.port_module or component.hf_module
+            )
+        if all(isinstance(m, (torch.nn.ModuleList, torch.nn.ModuleDict)) for m in modules):
+            kind = type(modules[0]).__name__
+            return component, f"HF module {path!r} is a {kind} here, never called as one module"
+        return component, ""
+    names = " or ".join(repr(p) for p in [component.hf_module, *component.hf_module_aliases])
+    # a layer may lack a module (a dense layer in an MoE model), no layer may not
+    raise AutoportError(f"{spec_path}: components {component.name!r}: HF module {names} exists in no layer")
+
+
+def _submodule(model, path: str):
+    try:
+        return model.get_submodule(path)
+    except AttributeError:
+        return None

@@ -219,9 +219,11 @@ def _load_mxfp4_dequantized(model_cls, folder: Path, dtype):
     accelerate."""
     from transformers import Mxfp4Config
 
-    return model_cls.from_pretrained(
+    model = model_cls.from_pretrained(
         folder, quantization_config=Mxfp4Config(dequantize=True), dtype=dtype, attn_implementation="eager"
     )
+    # transformers 4.x leaves the dequantised experts in bfloat16, which holds MXFP4 values exactly
+    return model.to(dtype)
 
 
 def _load_dequantized(model_cls, folder: Path, dtype):

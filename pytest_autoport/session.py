@@ -6,6 +6,7 @@ are expensive; stages ask this object for them and never build them twice.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -167,20 +168,28 @@ class AutoportSession:
 
     @cached_property
     def module_paths(self) -> list[tuple[str, str, str, int | None]]:
-        """(component name, HF path, port path, layer) for every component of every layer."""
+        """(component name, HF path, port path, layer) for every component of every layer.
+
+        Resolves each component's ``hf_module_aliases`` against the installed transformers (the spec's
+        components are replaced by the resolved ones) and leaves out, with a reason in
+        ``skipped_components``, a component whose HF module is a container that is never called."""
+        from .hf_reference import resolve_component
+
         layers = self.hf_config.num_hidden_layers
-        entries = []
+        entries, resolved = [], []
+        self.skipped_components: dict[str, str] = {}
         for comp in self.spec.components:
-            found = [
+            comp, skipped = resolve_component(comp, self.hf_skeleton, layers, self.spec.path)
+            if skipped:
+                self.skipped_components[comp.name] = skipped
+                continue
+            resolved.append(comp)
+            entries += [
                 (comp.name, comp.hf_path(layer), comp.port_path(layer), layer)
                 for layer in (range(layers) if comp.per_layer else [None])
                 if _has_submodule(self.hf_skeleton, comp.hf_path(layer))
             ]
-            if not found:  # a layer may lack a module (a dense layer in an MoE model), no layer may not
-                raise AutoportError(
-                    f"{self.spec.path}: components {comp.name!r}: HF module {comp.hf_module!r} exists in no layer"
-                )
-            entries += found
+        self.spec = dataclasses.replace(self.spec, components=resolved)
         return entries
 
     @cached_property

@@ -115,6 +115,8 @@ class Component:
     call: str = ""  # how the port module is called; empty: derived from the name (see call_kind)
     r_band: list[float] = field(default_factory=list)  # low-precision band override [low, high] ...
     r_band_reason: str = ""  # ... allowed only with a written reason, shown in the report
+    # the same HF module under other transformers versions, tried in order where hf_module is absent
+    hf_module_aliases: list[str] = field(default_factory=list)
 
     @property
     def call_kind(self) -> str:
@@ -397,6 +399,11 @@ def _check_semantics(spec: PortSpec) -> None:
             raise SpecError(
                 path, f"components[{n}].r_band_reason", "overriding r_band needs a written reason"
             )
+        for alias in comp.hf_module_aliases:
+            if ("{i}" in alias) != comp.per_layer:
+                raise SpecError(
+                    path, f"components[{n}].hf_module_aliases", f"{alias!r} and hf_module disagree on '{{i}}'"
+                )
         for entry in comp.layers:
             if isinstance(entry, str) and entry not in ("first", "last", "all"):
                 raise SpecError(

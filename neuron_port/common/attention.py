@@ -5,9 +5,11 @@ from torch import nn
 class KVCache(nn.Module):
     """A preallocated key/value cache of static shape [batch, kv_heads, max_seq_len, head_dim].
 
-    Buffers whose names end in ``_cache`` are what the harness treats as KV cache: it zeroes them
-    between runs and shares them between the compiled context-encoding and token-generation graphs.
+    ``kv_cache_names`` declares both buffers as KV cache to the harness: it zeroes them between runs
+    and shares them between the compiled context-encoding and token-generation graphs.
     """
+
+    kv_cache_names = ("k_cache", "v_cache")
 
     def __init__(self, batch_size: int, kv_heads: int, max_seq_len: int, head_dim: int):
         super().__init__()

@@ -8,10 +8,12 @@ import math
 import torch
 from torch import nn
 
+from .rope import hf_rope_settings
+
 
 def _rope_params(config) -> dict:
-    """The RoPE settings under the transformers 5.x (``rope_parameters``) and 4.x (``rope_scaling``) names."""
-    params = dict(getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {})
+    """The RoPE settings as the installed transformers reads them (see ``hf_rope_settings``)."""
+    params = hf_rope_settings(config)
     params.setdefault("rope_theta", getattr(config, "rope_theta", 10000.0))
     params.setdefault("rope_type", params.get("type", "default"))
     return params

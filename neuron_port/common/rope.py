@@ -19,13 +19,24 @@ def _llama3_scaled(inv_freq: torch.Tensor, scaling: dict) -> torch.Tensor:
     return torch.where(is_medium, blended, scaled)
 
 
+def hf_rope_settings(config) -> dict:
+    """The RoPE settings the installed transformers reads from ``config``: ``rope_parameters`` from 5.0
+    on (for some models one dict per layer type), ``rope_scaling`` plus ``rope_theta`` before. A 4.x
+    config may carry a ``rope_parameters`` entry that transformers 4.x ignores, so the port ignores it too."""
+    import transformers
+
+    if int(transformers.__version__.split(".")[0]) >= 5:
+        return dict(getattr(config, "rope_parameters", None) or {})
+    settings = dict(getattr(config, "rope_scaling", None) or {})
+    settings.setdefault("rope_theta", getattr(config, "rope_theta", 10000.0))
+    return settings
+
+
 def rope_parameters(config) -> tuple[float, dict | None]:
-    """(theta, scaling) from an HF config, across the transformers 4.x and 5.x spellings."""
-    params = getattr(config, "rope_parameters", None) or {}
+    """(theta, scaling) from an HF config as the installed transformers reads it (None: no scaling)."""
+    params = hf_rope_settings(config)
     theta = params.get("rope_theta", getattr(config, "rope_theta", 10000.0))
-    scaling = getattr(config, "rope_scaling", None) or params
-    if scaling.get("rope_type", scaling.get("type", "default")) == "default":
-        scaling = None
+    scaling = params if params.get("rope_type", params.get("type", "default")) != "default" else None
     return float(theta), scaling
 
 

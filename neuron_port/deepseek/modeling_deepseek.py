@@ -43,6 +43,8 @@ class MLACache(nn.Module):
     """Preallocated cache of the compressed KV latent [batch, 1, max_seq_len, kv_lora_rank] and the
     rotated shared key [batch, 1, max_seq_len, qk_rope_head_dim], written at ``position_ids``."""
 
+    kv_cache_names = ("latent_cache", "k_rope_cache")
+
     def __init__(self, batch_size: int, max_seq_len: int, kv_lora_rank: int, rope_dim: int):
         super().__init__()
         self.register_buffer(

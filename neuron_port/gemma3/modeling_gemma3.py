@@ -19,6 +19,7 @@ from transformers.activations import ACT2FN
 from neuron_port.common import KVCache, RotaryEmbedding, apply_rotary
 from neuron_port.common.decoder import CausalLM, DecoderModel, SwiGLUMLP, attend
 from neuron_port.common.gemma_norm import GemmaRMSNorm
+from neuron_port.common.rope import hf_rope_settings
 from neuron_port.common.softcap import softcap
 
 
@@ -35,7 +36,7 @@ def layer_types(config) -> list[str]:
 
 def rope_for(config, layer_type) -> tuple[float, dict]:
     """(theta, RoPE parameters) of one kind of layer, across the transformers 4.x and 5.x spellings."""
-    params = getattr(config, "rope_parameters", None) or {}
+    params = hf_rope_settings(config)
     if layer_type in params:
         return float(params[layer_type]["rope_theta"]), params[layer_type]
     if layer_type == "sliding_attention":

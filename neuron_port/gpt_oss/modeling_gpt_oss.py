@@ -80,6 +80,16 @@ class NeuronGptOssAttention(nn.Module):
         return self.o_proj(out)
 
 
+def swiglu_settings(config) -> tuple[float, float]:
+    """(alpha, limit) of the clamped SwiGLU as the installed transformers applies them: read from the
+    config from transformers 5 on; transformers 4.x's experts use 1.702 and 7.0 whatever the config says."""
+    import transformers
+
+    if int(transformers.__version__.split(".")[0]) >= 5:
+        return config.swiglu_alpha, config.swiglu_limit
+    return 1.702, 7.0
+
+
 class NeuronGptOssExperts(nn.Module):
     """The experts' weights stacked, in HF's [experts, in, out] layout, gate and up interleaved."""
 
@@ -90,8 +100,7 @@ class NeuronGptOssExperts(nn.Module):
         self.gate_up_proj_bias = nn.Parameter(torch.zeros(experts, 2 * inter))
         self.down_proj = nn.Parameter(torch.zeros(experts, inter, hidden))
         self.down_proj_bias = nn.Parameter(torch.zeros(experts, hidden))
-        self.alpha = config.swiglu_alpha
-        self.limit = config.swiglu_limit
+        self.alpha, self.limit = swiglu_settings(config)
 
     def forward(self, hidden_states, routing_weights):
         """hidden_states [tokens, hidden], routing_weights [tokens, experts] -> [tokens, hidden]."""

@@ -231,6 +231,8 @@ class NeuronT5Encoder(nn.Module):
 
 
 class NeuronT5Decoder(nn.Module):
+    kv_cache_names = ("encoder_mask_cache",)  # the attention caches declare themselves (KVCache)
+
     def __init__(self, config, embed_tokens):
         super().__init__()
         self._embed_tokens = (embed_tokens,)

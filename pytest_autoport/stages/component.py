@@ -12,6 +12,7 @@ import copy
 from ..checks import DEFAULT_BAND, check_fp32, check_low_precision
 from ..errors import AutoportError, StageFailure
 from ..hf_reference import cast_floats, first_tensor, hidden_input
+from ..router_taps import RouterTaps, near_tie_note
 
 
 def run(session, component, layer, dtype=None) -> dict:
@@ -54,9 +55,16 @@ def run(session, component, layer, dtype=None) -> dict:
     hidden = hidden_input(capture)
     hidden_lp = hidden.to(lp) if hidden.is_floating_point() else hidden
     hf_module = session.hf_model.get_submodule(hf_path)
+    hf_lp, taps = copy.deepcopy(hf_module).to(lp), RouterTaps(session, component, layer)
     with torch.inference_mode():
-        ref_fp32 = first_tensor(_call_hf(hf_module, capture, hidden_lp.to(hidden.dtype), None))
-        ref_lp = first_tensor(_call_hf(copy.deepcopy(hf_module).to(lp), capture, hidden_lp, lp))
+        ref_fp32 = taps.run(
+            "fp32",
+            hf_module,
+            lambda: first_tensor(_call_hf(hf_module, capture, hidden_lp.to(hidden.dtype), None)),
+        )
+        ref_lp = taps.run(
+            "reference_lp", hf_lp, lambda: first_tensor(_call_hf(hf_lp, capture, hidden_lp, lp))
+        )
     module = _port_module(session.port_lp, port_path, component)
     inputs = {"hidden_states": hidden_lp, "position_ids": positions, "input_ids": session.probe_ids}
     if encoder_hidden is not None:
@@ -64,11 +72,17 @@ def run(session, component, layer, dtype=None) -> dict:
     inputs["hf_args"] = (hidden_lp, *cast_floats(capture.args[1:], lp)) if capture.args else ()
     inputs["hf_kwargs"] = cast_floats(capture.kwargs, lp)
     with session.own_modules_only(session.port_lp):
-        port_lp = first_tensor(session.target.run_component(module, component.call_kind, inputs))
+        port_lp = taps.run(
+            "port",
+            module,
+            lambda: first_tensor(session.target.run_component(module, component.call_kind, inputs)),
+        )
     band = tuple(component.r_band) if component.r_band else DEFAULT_BAND
-    return {
-        **figures,
-        **check_low_precision(
+    (port_lp, ref_lp, ref_fp32), routing = taps.judge([port_lp, ref_lp, ref_fp32], where, lp)
+    if routing:
+        figures.update(routing, routing_note=near_tie_note(routing))
+    try:
+        checked = check_low_precision(
             port_lp,
             ref_lp,
             ref_fp32,
@@ -77,8 +91,12 @@ def run(session, component, layer, dtype=None) -> dict:
             dtype_name=dtype,
             band=band,
             reason=component.r_band_reason,
-        ),
-    }
+        )
+    except StageFailure as failure:
+        if not routing:
+            raise
+        raise StageFailure(f"{failure}\n{figures['routing_note']}", {**figures, **failure.figures}) from None
+    return {**figures, **checked}
 
 
 def _port_module(port, path, component):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from ..discrete import margin_aware_token_match
 from ..errors import StageFailure
 from ..numerics import logit_check, teacher_forced_match, token_match
 
@@ -40,11 +41,13 @@ def run(session) -> dict:
         "divergences": divergences,
         "free_running_divergences": free_divergences,
     }
+    figures.update(margin_aware_token_match(free, forced, golden_logits, ported, session.spec.port.dtype))
     problems = []
-    if mode in ("token", "all") and free.rate < threshold:
+    if mode in ("token", "all") and figures["token_match_margin_aware"] < threshold:
         problems.append(
             f"greedy token match {free.rate:.1%} is below the threshold {threshold:.0%} "
-            f"(teacher-forced {figures['teacher_forced_match']:.1%})"
+            f"(teacher-forced {figures['teacher_forced_match']:.1%}"
+            + (f"; {figures['near_tie_note']})" if figures["near_tie_note"] else ")")
         )
         problems += [f"  {d['text']}" for d in free_divergences]
         if figures["teacher_forced_match"] >= threshold:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..errors import StageFailure
+from ..kv_cache import check_port_caches
 
 
 def run(session) -> dict:
@@ -11,4 +12,5 @@ def run(session) -> dict:
     figures.update(report.figures(len(session.hf_state_dict), len(port.state_dict())))
     if not report.ok:
         raise StageFailure(report.message(), figures)
+    figures.update(check_port_caches(session))
     return figures

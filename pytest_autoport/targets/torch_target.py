@@ -11,6 +11,7 @@ import torch
 
 from ..errors import StageFailure
 from ..generation import SamplingParams, generate, generate_seq2seq, score, score_seq2seq
+from ..kv_cache import kv_cache_buffers, reset_kv_cache, written_buffers
 from ..progress import progress
 from ..spec import PortSpec, import_port_class
 from .base import CompiledModel, CompileResult, GenerationResult
@@ -25,16 +26,6 @@ class TorchNeuronConfig:
     context_buckets: tuple[int, ...]
     torch_dtype: torch.dtype
     tp_degree: int = 1
-
-
-def kv_cache_buffers(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {name: buf for name, buf in module.named_buffers() if name.rsplit(".", 1)[-1].endswith("_cache")}
-
-
-def reset_kv_cache(module: torch.nn.Module) -> None:
-    with torch.no_grad():
-        for buf in kv_cache_buffers(module).values():
-            buf.zero_()
 
 
 class TorchTarget:
@@ -74,6 +65,19 @@ class TorchTarget:
         reset_kv_cache(port)
         positions = torch.arange(input_ids.shape[1]).expand_as(input_ids).contiguous()
         return port(input_ids, positions)
+
+    def buffers_written(self, port, input_ids, decoder_input_ids=None) -> list[str]:
+        """The buffers one context-encoding step from position 0 writes (caches left as they were)."""
+
+        def forward():
+            if decoder_input_ids is None:
+                port(input_ids, torch.arange(input_ids.shape[1]).expand_as(input_ids).contiguous())
+                return
+            mask = torch.ones_like(input_ids)
+            positions = torch.arange(decoder_input_ids.shape[1]).expand_as(decoder_input_ids).contiguous()
+            port(decoder_input_ids, positions, port.encode(input_ids, mask), mask)
+
+        return written_buffers(port, forward)
 
     @torch.inference_mode()
     def run_seq2seq(self, port, input_ids, decoder_input_ids):
@@ -184,7 +188,7 @@ class TorchTarget:
         if result.details.get("compiler") == "aoti":
             return TorchCompiledModel.from_aoti(spec, out_dir, result)
         modules = {name: torch.export.load(out_dir / file).module() for name, file in result.graphs.items()}
-        return TorchCompiledModel.from_export(spec, modules)
+        return TorchCompiledModel.from_export(spec, modules, list(result.details["kv_cache"]))
 
 
 def graph_shapes(spec: PortSpec) -> list[tuple[str, int, int]]:
@@ -214,9 +218,11 @@ class TorchCompiledModel:
         self.cache = cache
 
     @classmethod
-    def from_export(cls, spec: PortSpec, modules: dict[str, torch.nn.Module]):
+    def from_export(cls, spec: PortSpec, modules: dict[str, torch.nn.Module], cache_names: list[str]):
+        """``cache_names``: the port's KV-cache buffers as named at compile time; no other buffer
+        is shared or reset."""
         first = next(iter(modules.values()))
-        cache = {name: torch.zeros_like(buf) for name, buf in kv_cache_buffers(first).items()}
+        cache = {name: torch.zeros_like(first.get_buffer(name)) for name in cache_names}
         for module in modules.values():
             for name, shared in cache.items():
                 owner, _, attr = name.rpartition(".")
@@ -295,7 +301,8 @@ class TorchSeq2SeqCompiledModel(TorchCompiledModel):
     def load(cls, spec: PortSpec, out_dir: Path, result: CompileResult):
         modules = {name: torch.export.load(out_dir / file).module() for name, file in result.graphs.items()}
         decoder = {name: m for name, m in modules.items() if not name.startswith("encoder_")}
-        model = cls.from_export(spec, decoder)  # the decoder graphs share one set of caches
+        # the decoder graphs share one set of caches
+        model = cls.from_export(spec, decoder, list(result.details["kv_cache"]))
         model.graphs.update({name: m for name, m in modules.items() if name.startswith("encoder_")})
         model.decoder_start_id = result.details["decoder_start_token_id"]
         model.pad_id = result.details.get("pad_token_id", 0)
