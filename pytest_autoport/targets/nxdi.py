@@ -601,6 +601,26 @@ class NxdiCompiledModel:
             out.append(torch.stack(logits))
         return out
 
+    def decode_teacher_forced(self, prompts: list[list[int]], continuations: list[list[int]]):
+        """Every decode step's logits, each continuation fed one token at a time: :meth:`score` already
+        runs every position after the first through the token-generation graphs."""
+        from ..decode_forcing import DecodeLogits
+
+        scored = self.score([p + c for p, c in zip(prompts, continuations)])
+        buckets = self.spec.port.token_bucket_list
+        out = DecodeLogits([], [], [])
+        for prompt, cont, logits in zip(prompts, continuations, scored):
+            positions = list(range(len(prompt) - 1, len(prompt) - 1 + len(cont)))
+            out.logits.append(logits[positions[0] : positions[0] + len(cont)] if cont else logits[:0])
+            out.positions.append(positions)
+            out.graphs.append(
+                [
+                    f"token_generation_{smallest_fitting(t + 1, buckets)}" if t else "context_encoding"
+                    for t in positions
+                ]
+            )
+        return out
+
 
 def _cut_at(tokens: list[int], eos: int | None) -> list[int]:
     if eos is not None and eos in tokens:
