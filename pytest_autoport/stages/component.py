@@ -12,6 +12,7 @@ import copy
 from ..checks import DEFAULT_BAND, check_fp32, check_low_precision
 from ..errors import AutoportError, StageFailure
 from ..hf_reference import cast_floats, first_tensor, hidden_input
+from .component_probes import run_probes
 
 
 def run(session, component, layer, dtype=None) -> dict:
@@ -76,6 +77,7 @@ def run(session, component, layer, dtype=None) -> dict:
             band=band,
             reason=component.r_band_reason,
         ),
+        **run_probes(session, component, layer, where, dtype, module, inputs, capture, _call_hf, band),
     }
 
 
