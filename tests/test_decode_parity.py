@@ -150,6 +150,7 @@ def test_rope_ignoring_decode_positions_fails_logit_mode(port_project):
     figures = golden["figures"]
     assert figures["logit_check_path"] == "token_generation" and figures["logit_check_passed"] is False
     assert "logit check failed (NxD Inference tolerances; token_generation logits)" in golden["message"]
+    assert "'graph': 'token_generation_" in golden["message"]  # each failure named by prompt, step, graph
     assert figures["decode_parity"]["first_divergent"]["graph"].startswith("token_generation_")
 
 

@@ -135,6 +135,20 @@ def logit_figures(session, run: DecodeRun | None, fallback: tuple[list, list]) -
     )
     if result["passed"]:
         return figures, None
-    return figures, f"logit check failed ({label}; {path} logits): " + "; ".join(
-        map(str, result["failures"][:5])
-    )
+    failures = [_locate(f, run, [len(t) for t in expected]) for f in result["failures"][:5]]
+    return figures, f"logit check failed ({label}; {path} logits): " + "; ".join(map(str, failures))
+
+
+def _locate(failure: dict, run: DecodeRun | None, lengths: list[int]) -> dict:
+    """A failure's row of the concatenated logits as prompt, step (and graph, position)."""
+    if "position" not in failure:
+        return failure
+    row = failure.pop("position")
+    prompt = 0
+    while prompt < len(lengths) - 1 and row >= lengths[prompt]:
+        row -= lengths[prompt]
+        prompt += 1
+    where = {"prompt": prompt, "step": row}
+    if run is not None:
+        where.update(graph=run.graphs[prompt][row], position=run.positions[prompt][row])
+    return {**where, **failure}
