@@ -14,6 +14,8 @@ from ..hf_reference import first_tensor
 from ..numerics import compare, judge_ratio, three_tensor_ratio
 from ..numerics_probes import PROBES, gain_ratio, probe_input
 
+PROBE_TOKENS = 512
+
 
 def probed(component) -> bool:
     """Norms only: they read the residual stream, whose statistics the probes imitate. Attention and
@@ -39,7 +41,7 @@ def run_probes(
     hf_lp = copy.deepcopy(hf_module).to(lp)
     results, problems = {}, []
     for seed, (kind, description) in enumerate(PROBES.items()):
-        probe = probe_input(kind, tuple(hidden.shape), seed=seed).to(lp)
+        probe = probe_input(kind, _probe_shape(hidden), seed=seed).to(lp)
         with torch.inference_mode():
             ref_fp32 = first_tensor(call_hf(hf_module, capture, probe.float(), None))
             ref_lp = first_tensor(call_hf(hf_lp, capture, probe, lp))
@@ -76,6 +78,15 @@ def run_probes(
             {"probes": results},
         )
     return {"probes": results}
+
+
+def _probe_shape(hidden) -> tuple[int, ...]:
+    """The hidden input's shape with at least PROBE_TOKENS positions: a norm reads nothing else, and the
+    gain ratio is one sample per token, so a tiny probe prompt would leave it noisy."""
+    shape = list(hidden.shape)
+    if len(shape) >= 3:
+        shape[1] = max(shape[1], PROBE_TOKENS)
+    return tuple(shape)
 
 
 def _json(value: float) -> float | str:
