@@ -18,6 +18,8 @@ from .errors import StageFailure
 from .targets.base import GenerationResult
 
 Graph = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (input_ids, position_ids) -> logits
+# one static batch of prompts -> (next-token logits [batch, vocab], first new position [batch], graph name)
+Prefill = Callable[[list[list[int]]], tuple[torch.Tensor, torch.Tensor, str]]
 
 
 @dataclass(frozen=True)
@@ -65,16 +67,23 @@ def generate(
     max_seq_len: int,
     pad_id: int = 0,
 ) -> GenerationResult:
-    context_buckets = sorted(context_graphs)
     used: set[str] = set()
+    prefill = decoder_prefill(context_graphs, batch_size, max_seq_len, params.max_new_tokens, pad_id, used)
+    return _generate_in_batches(prompts, params, prefill, token_graphs, reset_cache, batch_size, used)
 
-    def prefill(group: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+
+def decoder_prefill(context_graphs, batch_size, max_seq_len, max_new_tokens, pad_id, used):
+    """Decoder-only prefill: the prompts of one static batch, right-padded to the smallest context
+    bucket that holds the longest; returns (next-token logits [batch, vocab], lengths [batch], graph)."""
+    context_buckets = sorted(context_graphs)
+
+    def prefill(group: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, str]:
         rows = group + [group[0]] * (batch_size - len(group))  # fill the static batch
         lengths = torch.tensor([len(r) for r in rows])
         longest = int(lengths.max())
-        if longest + params.max_new_tokens > max_seq_len:
+        if longest + max_new_tokens > max_seq_len:
             raise StageFailure(
-                f"prompt ({longest} tokens) + {params.max_new_tokens} new tokens exceeds port.max_seq_len ({max_seq_len})"
+                f"prompt ({longest} tokens) + {max_new_tokens} new tokens exceeds port.max_seq_len ({max_seq_len})"
             )
         bucket = smallest_fitting(longest, context_buckets)
         if bucket is None:
@@ -82,16 +91,17 @@ def generate(
                 f"a prompt of {longest} tokens does not fit the largest context bucket ({context_buckets[-1]}); "
                 "raise port.context_buckets in the spec or shorten the prompts"
             )
-        used.add(f"context_encoding_{bucket}")
+        graph = f"context_encoding_{bucket}"
+        used.add(graph)
         input_ids = torch.full((batch_size, bucket), pad_id, dtype=torch.long)
         for i, row in enumerate(rows):
             input_ids[i, : len(row)] = torch.tensor(row)
         positions = torch.arange(bucket).expand(batch_size, bucket).contiguous()
         logits = context_graphs[bucket](input_ids, positions)[torch.arange(batch_size), lengths - 1]
         check_finite(logits, f"of context encoding (bucket {bucket})", lengths - 1)
-        return logits, lengths
+        return logits, lengths, graph
 
-    return _generate_in_batches(prompts, params, prefill, token_graphs, reset_cache, batch_size, used)
+    return prefill
 
 
 def score(
@@ -122,15 +132,15 @@ def score(
 def _generate_in_batches(
     prompts: list[list[int]],
     params: SamplingParams,
-    prefill: Callable[[list[list[int]]], tuple[torch.Tensor, torch.Tensor]],
+    prefill: Prefill,
     token_graphs: dict[int, Graph],
     reset_cache: Callable[[], None],
     batch_size: int,
     used: set[str],
 ) -> GenerationResult:
     """One static batch of prompts at a time: ``prefill(group)`` runs context encoding on a fresh cache
-    and returns each row's next-token logits [batch, vocab] and the position its first new token is
-    written at [batch]; token generation follows. Times the first batch's first token and all decoding."""
+    and returns each row's next-token logits [batch, vocab], the position its first new token is
+    written at [batch] and the graph it ran; token generation follows. Times the first batch's first token and all decoding."""
     generator = torch.Generator().manual_seed(params.seed)
     tokens: list[list[int]] = []
     ttft = decode_s = 0.0
@@ -140,7 +150,7 @@ def _generate_in_batches(
         group = prompts[first : first + batch_size]
         reset_cache()
         t0 = time.perf_counter()
-        logits, positions = prefill(group)
+        logits, positions, _ = prefill(group)
         next_ids = choose_next(logits, params, generator)
         if first == 0:
             ttft = time.perf_counter() - t0
@@ -260,26 +270,45 @@ def generate_seq2seq(
 ) -> GenerationResult:
     """Encoder once per prompt, decoder context encoding of the start token (which fills the
     cross-attention cache), then one token-generation step per new token through the decoder KV cache."""
-    if 1 + params.max_new_tokens > max_seq_len:
+    used: set[str] = set()
+    prefill = seq2seq_prefill(
+        encoder_graphs,
+        context_graphs,
+        batch_size,
+        max_seq_len,
+        params.max_new_tokens,
+        decoder_start_id,
+        pad_id,
+        used,
+    )
+    return _generate_in_batches(prompts, params, prefill, token_graphs, reset_cache, batch_size, used)
+
+
+def seq2seq_prefill(
+    encoder_graphs, context_graphs, batch_size, max_seq_len, max_new_tokens, decoder_start_id, pad_id, used
+):
+    """Encoder-decoder prefill: encode the sources, then decoder context encoding of the start token
+    (which fills the cross-attention cache); the first new token is written at position 1."""
+    if 1 + max_new_tokens > max_seq_len:
         raise StageFailure(
-            f"the decoder start token + {params.max_new_tokens} new tokens exceeds port.max_seq_len ({max_seq_len})"
+            f"the decoder start token + {max_new_tokens} new tokens exceeds port.max_seq_len ({max_seq_len})"
         )
     first_bucket = min(context_graphs)
-    used: set[str] = set()
+    graph = f"context_encoding_{first_bucket}"
 
-    def prefill(group: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    def prefill(group: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, str]:
         encoder_hidden, encoder_mask, bucket = encode_sources(
             group, encoder_graphs, batch_size=batch_size, max_seq_len=max_seq_len, pad_id=pad_id
         )
-        used.update({f"encoder_{bucket}", f"context_encoding_{first_bucket}"})
+        used.update({f"encoder_{bucket}", graph})
         decoder_ids = torch.full((batch_size, first_bucket), pad_id, dtype=torch.long)
         decoder_ids[:, 0] = decoder_start_id
         positions = torch.arange(first_bucket).expand(batch_size, first_bucket).contiguous()
         logits = context_graphs[first_bucket](decoder_ids, positions, encoder_hidden, encoder_mask)[:, 0]
         check_finite(logits, f"of decoder context encoding (bucket {first_bucket})", torch.zeros(batch_size))
-        return logits, torch.ones(batch_size, dtype=torch.long)
+        return logits, torch.ones(batch_size, dtype=torch.long), graph
 
-    return _generate_in_batches(prompts, params, prefill, token_graphs, reset_cache, batch_size, used)
+    return prefill
 
 
 def score_seq2seq(

@@ -94,6 +94,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="golden gate: greedy token match (default), NxDI-style logit tolerances, or both",
     )
     group.addoption(
+        "--autoport-logit-tolerance",
+        choices=("calibrated", "nxdi"),
+        default="calibrated",
+        help="logit check in low precision: R per top-k slice against HF in the same dtype (default), "
+        "or NxD Inference's fixed (atol, rtol) map",
+    )
+    group.addoption(
         "--autoport-clean-cache",
         action="store_true",
         help="purge this spec's compiled artifacts (and failed/stale cache entries) before running",
@@ -193,6 +200,7 @@ class SpecFile(pytest.File):
                 dtype=state.option("autoport_dtype"),
                 compiler=state.option("autoport_compiler"),
                 golden_mode=state.option("autoport_golden_mode"),
+                logit_tolerance=state.option("autoport_logit_tolerance"),
             )
             session = AutoportSession(spec, options)
             session.check_inputs()

@@ -25,6 +25,7 @@ class Options:
     dtype: str | None = None  # overrides port.dtype
     compiler: str | None = None  # overrides port.compiler
     golden_mode: str = "token"  # token | logit | all
+    logit_tolerance: str = "calibrated"  # calibrated | nxdi: the logit check's tolerances in low precision
 
 
 class AutoportSession:

@@ -13,6 +13,7 @@ from ..checks import DEFAULT_BAND, check_fp32, check_low_precision
 from ..errors import AutoportError, StageFailure
 from ..hf_reference import cast_floats, first_tensor, hidden_input
 from ..router_taps import RouterTaps, near_tie_note
+from .component_probes import run_probes
 
 
 def run(session, component, layer, dtype=None) -> dict:
@@ -96,7 +97,8 @@ def run(session, component, layer, dtype=None) -> dict:
         if not routing:
             raise
         raise StageFailure(f"{failure}\n{figures['routing_note']}", {**figures, **failure.figures}) from None
-    return {**figures, **checked}
+    probes = run_probes(session, component, layer, where, dtype, module, inputs, capture, _call_hf, band)
+    return {**figures, **checked, **probes}
 
 
 def _port_module(port, path, component):

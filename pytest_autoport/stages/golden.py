@@ -1,8 +1,11 @@
 """Stage ``golden``: the compiled port against the FP32 HuggingFace golden.
 
 token mode (default): free-running greedy match >= threshold; teacher-forced match reported beside it.
-logit mode: NxD Inference style top-k logit tolerances on the teacher-forced logits.
+logit mode: NxD Inference style top-k logit check on the token-generation logits (calibrated to the
+dtype by default, NxDI's fixed tolerances with --autoport-logit-tolerance=nxdi).
 all: both gates.
+Every mode: decode-step parity, each golden token fed through the token-generation graphs and every
+step's logits compared with HF's at the same position (see golden_decode.py).
 At every divergence: the position, both tokens, the golden's top-1 - top-2 margin (a near-tie or a
 real error?) and whether the port's token is in the golden's top 5.
 """
@@ -13,7 +16,8 @@ import torch
 
 from ..discrete import margin_aware_token_match
 from ..errors import StageFailure
-from ..numerics import logit_check, teacher_forced_match, token_match
+from ..numerics import teacher_forced_match, token_match
+from .golden_decode import decode_parity, logit_figures
 
 
 def run(session) -> dict:
@@ -55,13 +59,14 @@ def run(session) -> dict:
                 "teacher-forced scoring (one context-encoding pass) agrees with the golden: the fault is in "
                 "the token-generation path (KV-cache writes, decode positions, token-generation buckets)"
             )
+    figures["decode_parity"], decode_problem, decode_run = decode_parity(session, golden, golden_logits)
+    if decode_problem:
+        problems.append(decode_problem)
     if mode in ("logit", "all"):
-        checks = [logit_check(g, p) for g, p in zip(golden_logits, port_logits)]
-        figures["logit_check_passed"] = all(c["passed"] for c in checks)
-        figures["logit_max_error"] = _merge_max(c["max_error_per_topk"] for c in checks)
-        if not figures["logit_check_passed"]:
-            failures = [f for c in checks for f in c["failures"]][:5]
-            problems.append("logit check failed (NxD Inference tolerances): " + "; ".join(map(str, failures)))
+        logit, logit_problem = logit_figures(session, decode_run, (golden_logits, port_logits))
+        figures.update(logit)
+        if logit_problem:
+            problems.append(logit_problem)
     if problems:
         detail = "\n".join(f"  {d['text']}" for d in divergences[:10])
         raise StageFailure(

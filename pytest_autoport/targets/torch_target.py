@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from ..decode_forcing import DecodeLogits, decode_teacher_forced, decode_teacher_forced_seq2seq
 from ..errors import StageFailure
 from ..generation import SamplingParams, generate, generate_seq2seq, score, score_seq2seq
 from ..kv_cache import kv_cache_buffers, reset_kv_cache, written_buffers
@@ -270,6 +271,20 @@ class TorchCompiledModel:
             batch_size=self.spec.port.batch_size,
         )
 
+    @torch.inference_mode()
+    def decode_teacher_forced(self, prompts: list[list[int]], continuations: list[list[int]]) -> DecodeLogits:
+        """Every decode step's logits with the continuation fed one token at a time through the
+        token-generation graphs (see :mod:`pytest_autoport.decode_forcing`)."""
+        return decode_teacher_forced(
+            prompts,
+            continuations,
+            context_graphs=self._by_bucket("context_encoding_"),
+            token_graphs=self._by_bucket("token_generation_"),
+            reset_cache=self._reset,
+            batch_size=self.spec.port.batch_size,
+            max_seq_len=self.spec.port.max_seq_len,
+        )
+
 
 class EncoderGraph(torch.nn.Module):
     """Encoder-decoder: the port's encoder over one context bucket."""
@@ -334,5 +349,22 @@ class TorchSeq2SeqCompiledModel(TorchCompiledModel):
             reset_cache=self._reset,
             batch_size=self.spec.port.batch_size,
             max_seq_len=self.spec.port.max_seq_len,
+            pad_id=self.pad_id,
+        )
+
+    @torch.inference_mode()
+    def decode_teacher_forced(self, prompts: list[list[int]], continuations: list[list[int]]) -> DecodeLogits:
+        """Every decoder step's logits: encoder input ``prompts``, the decoder start token context-encoded,
+        then ``continuations`` fed one token at a time through the decoder's token-generation graphs."""
+        return decode_teacher_forced_seq2seq(
+            prompts,
+            continuations,
+            encoder_graphs=self._by_bucket("encoder_"),
+            context_graphs=self._by_bucket("context_encoding_"),
+            token_graphs=self._by_bucket("token_generation_"),
+            reset_cache=self._reset,
+            batch_size=self.spec.port.batch_size,
+            max_seq_len=self.spec.port.max_seq_len,
+            decoder_start_id=self.decoder_start_id,
             pad_id=self.pad_id,
         )

@@ -212,6 +212,27 @@ class NxdiCompiledModel:
             out.append(torch.stack(logits))
         return out
 
+    def decode_teacher_forced(self, prompts: list[list[int]], continuations: list[list[int]]):
+        """Every decode step's logits, each continuation fed one token at a time: :meth:`score` runs
+        every position after the second through the token-generation graphs (mask length t at t)."""
+        from ...decode_forcing import DecodeLogits
+
+        scored = self.score([p + c for p, c in zip(prompts, continuations)])
+        out = DecodeLogits([], [], [])
+        for prompt, cont, logits in zip(prompts, continuations, scored):
+            positions = list(range(len(prompt) - 1, len(prompt) - 1 + len(cont)))
+            out.logits.append(logits[positions[0] : positions[0] + len(cont)] if cont else logits[:0])
+            out.positions.append(positions)
+            out.graphs.append(
+                [
+                    f"token_generation_{nxdi_bucket(t, self.token_buckets)}"
+                    if t >= 2
+                    else f"context_encoding_{nxdi_bucket(t + 1, self.context_buckets)}"
+                    for t in positions
+                ]
+            )
+        return out
+
     def _eager_model(self):
         model = getattr(getattr(self.app, "context_encoding_model", None), "model", None)
         return model if isinstance(model, torch.nn.Module) and hasattr(model, "norm") else None

@@ -1,0 +1,30 @@
+"""CONTRACT test of the ``nxdi`` compiled model's teacher-forced decoding (the golden stage's decode-step
+parity) against the stand-in NxDI: every step after the first prompt token runs token generation."""
+
+from __future__ import annotations
+
+import torch
+
+from pytest_autoport.targets.nxdi import NxdiTarget
+
+
+def test_decode_teacher_forced_feeds_the_continuation_through_token_generation(stand_in, make_spec, tmp_path):
+    spec = make_spec()
+    target = NxdiTarget()
+    port = target.build_port(spec, None, torch.float32)
+    out_dir = tmp_path / "artifact"
+    out_dir.mkdir()
+    model = target.load_compiled(spec, out_dir, target.compile(port, spec, out_dir))
+    prompts, golden = [[5, 3, 7], [2]], [[7, 1, 30], [4, 9]]
+
+    out = model.decode_teacher_forced(prompts, golden)
+
+    scored = model.score([p + g for p, g in zip(prompts, golden)])
+    torch.testing.assert_close(out.logits[0], scored[0][2:5])
+    torch.testing.assert_close(out.logits[1], scored[1][0:2])
+    assert out.positions == [[2, 3, 4], [0, 1]]
+    bucket = spec.port.token_bucket_list[0]
+    assert out.graphs == [
+        [f"token_generation_{bucket}"] * 3,
+        ["context_encoding", f"token_generation_{bucket}"],
+    ]
