@@ -4,6 +4,7 @@ repository on the path) into a folder outside the repository, a spec and a port 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -95,3 +96,38 @@ def test_a_port_in_the_users_project_imports_the_installed_blocks(installed, tmp
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
     assert "verdict: PASSED" in run.stdout
     assert str(REPO) not in run.stdout  # nothing came from the repository
+
+
+def test_checkpoint_folder_parts_are_named(tmp_path):
+    from pytest_autoport.checkpoint_folder import folder_problem, missing_files
+
+    assert missing_files(tmp_path) == [
+        "config.json",
+        "weights (*.safetensors or pytorch_model*.bin)",
+        "tokenizer files (one of tokenizer.json, tokenizer.model, spiece.model, vocab.json, vocab.txt, "
+        "tokenizer.tiktoken)",
+    ]
+    for name in ("config.json", "model.safetensors", "tokenizer.model"):
+        (tmp_path / name).write_text("")
+    assert folder_problem(tmp_path) is None
+
+
+def test_own_checkpoint_without_tokenizer_fails_once_at_weights(make_project, tiny_weights, tmp_path):
+    checkpoint = tmp_path / "no-tokenizer"
+    shutil.copytree(
+        tiny_weights("llama"),
+        checkpoint,
+        ignore=shutil.ignore_patterns("autoport_tiny.json", "tokenizer*"),
+    )
+    project = make_project("llama")
+    text = project.spec.read_text()
+    project.spec.write_text(re.sub(r'weights_path = ".*"', f'weights_path = "{checkpoint}"', text))
+    result = project.run("-k", "weights or mlp-layer0")
+    assert result.ret == 1
+    weights = project.stage("weights")
+    assert weights["status"] == "failed"
+    assert "lacks tokenizer files (one of tokenizer.json" in weights["message"]
+    assert project.statuses()["component[mlp-layer0]"] == "skipped"
+    output = result.stdout.str()
+    assert "Traceback" not in output and "sentencepiece" not in output
+    assert len(output.splitlines()) < 150
