@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import SpecError
-from .spec_checks import check_text
+from .spec_checks import check_source_files, check_text
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -316,6 +316,7 @@ def _describe(hint) -> str:
 def _check_semantics(spec: PortSpec) -> None:
     p, path = spec.port, spec.path
     check_text(spec)
+    check_source_files(spec)
     if p.target not in TARGETS:
         raise SpecError(path, "port.target", f"unknown target {p.target!r}; expected one of {TARGETS}")
     if p.dtype not in DTYPES:
