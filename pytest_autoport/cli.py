@@ -12,6 +12,10 @@ COMMANDS = {
     "verdict": ("pytest_autoport.verdict_command", "run the staged verdict for a spec (wraps pytest)"),
     "env": ("pytest_autoport.envcheck", "check this machine: packages, NeuronCores, runnable stages"),
     "clean-cache": ("pytest_autoport.artifacts", "classify and purge compiled-artifact caches"),
+    "analyze": (
+        "pytest_autoport.analyze_command",
+        "what an HF architecture is made of, and its pre-flight checks",
+    ),
 }
 
 

@@ -132,7 +132,7 @@ class PortProject:
         """The whole verdict ran in stage order, with each of ``components`` (``mlp-layer0``) checked
         in FP32 then bf16, and every stage passed; returns the figures by stage id."""
         stage_ids = (
-            ["env", "weights"]
+            ["env", "preflight", "hygiene", "weights"]
             + [f"component[{c}]" for c in components]
             + [f"component[{c}-bfloat16]" for c in components]
             + ["model", "model[bfloat16]", "compile", "generate", "golden"]
