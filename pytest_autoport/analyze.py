@@ -147,7 +147,11 @@ def analyze(config, model=None) -> dict:
         custom.append(
             f"partial RoPE: only {partial} of head_dim rotates; pass rotary_dim to the rotary block"
         )
-    if rope_type not in ("default", None) and rope_type not in ("yarn", "llama3", "linear"):
+    if rope_type == "yarn":
+        custom.append(
+            "YaRN RoPE scaling: use pytest_autoport.blocks.yarn.YarnRotaryEmbedding and yarn_softmax_scale"
+        )
+    elif rope_type not in ("default", None, "llama3", "linear"):
         custom.append(f"RoPE scaling {rope_type!r}: no shared block")
     norm_classes = sorted({type(m).__name__ for m in model.modules() if "Norm" in type(m).__name__})
     placement = "pre-norm"

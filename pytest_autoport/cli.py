@@ -12,6 +12,7 @@ COMMANDS = {
     "verdict": ("pytest_autoport.verdict_command", "run the staged verdict for a spec (wraps pytest)"),
     "env": ("pytest_autoport.envcheck", "check this machine: packages, NeuronCores, runnable stages"),
     "clean-cache": ("pytest_autoport.artifacts", "classify and purge compiled-artifact caches"),
+    "scaffold": ("pytest_autoport.scaffold_command", "write a spec and a port skeleton for an architecture"),
     "analyze": (
         "pytest_autoport.analyze_command",
         "what an HF architecture is made of, and its pre-flight checks",
