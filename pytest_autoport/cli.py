@@ -12,6 +12,7 @@ COMMANDS = {
     "verdict": ("pytest_autoport.verdict_command", "run the staged verdict for a spec (wraps pytest)"),
     "env": ("pytest_autoport.envcheck", "check this machine: packages, NeuronCores, runnable stages"),
     "clean-cache": ("pytest_autoport.artifacts", "classify and purge compiled-artifact caches"),
+    "kb": ("pytest_autoport.kb", "search the knowledge base: autoport kb search TEXT"),
     "scaffold": ("pytest_autoport.scaffold_command", "write a spec and a port skeleton for an architecture"),
     "analyze": (
         "pytest_autoport.analyze_command",

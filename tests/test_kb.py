@@ -6,6 +6,8 @@ import dataclasses
 import re
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -57,3 +59,42 @@ def test_spec_source_files_are_checked_against_the_source_dir(tmp_path):
     spec_file.write_text(text.replace('"modeling_llama.py"', '"src/modeling_llama.py"'))
     with pytest.raises(SpecError, match=r"field 'model.modeling_file': .* is not a plain file name"):
         load_spec(spec_file, REPO, check_imports=False)
+
+
+@pytest.mark.parametrize(
+    ("message", "topic"),
+    [
+        ("attention (layer 0) differs from HF in FP32: rel_fro 3.1e-01", "kb/attention_and_rope.md"),
+        ("mlp (layer 0) differs from HF in FP32: rel_fro 1.2e+00", "kb/mlp_and_fused_weights.md"),
+        ("decoder_layer (layer 0) differs from HF in FP32: rel_fro 9e-01", "kb/accuracy_debugging.md"),
+        ("input_norm (layer 0) differs from HF in FP32: rel_fro 2e-02", "kb/norms.md"),
+        ("post_attention_norm (layer 1) differs from HF in FP32", "kb/norms.md"),
+        ("logits differ\nfirst divergent module: model.layers.0.self_attn", "kb/attention_and_rope.md"),
+        ("logits differ\nfirst divergent module: model.layers.0", "kb/accuracy_debugging.md"),
+        (
+            "weight mapping is wrong:\n    HF tensors the conversion never used (1):\n"
+            "      model.layers.1.self_attn.q_proj.weight",
+            "kb/weight_conversion.md",
+        ),
+        ("checkpoint folder /x lacks tokenizer files (one of tokenizer.json)", "kb/checkpoint_folder.md"),
+        ("pre-flight: 4 attention heads do not split over tp 3", "kb/sharding_and_memory.md"),
+    ],
+)
+def test_failure_messages_name_their_likely_cause(message, topic):
+    from pytest_autoport.errors import StageFailure
+    from pytest_autoport.kb import likely_cause
+
+    assert likely_cause(message).file == topic
+    assert str(StageFailure(message)).endswith(f"({topic})")
+
+
+def test_every_topic_has_signatures_and_kb_search_finds_them(capsys):
+    from pytest_autoport.cli import main
+    from pytest_autoport.kb import ORDER, topics
+
+    names = {t.file for t in topics()}
+    assert {f"kb/{name}.md" for name in ORDER} <= names
+    assert all(t.signatures for t in topics() if t.file[3:-3] in ORDER)
+    assert main(["kb", "search", "mlp (layer 0) differs from HF"]) == 0
+    assert capsys.readouterr().out.splitlines()[0].startswith("kb/mlp_and_fused_weights.md")
+    assert main(["kb", "search", "zzzz qqqq"]) == 1
