@@ -246,7 +246,7 @@ def module_map(model) -> list[dict]:
 
 
 def preflight(
-    report: dict, tp_degree: int = 1, seq_len: int | None = None, port_text: str | None = None
+    report: dict, tp_degree: int = 1, seq_len: int | None = None, port_text: str | None = None, config=None
 ) -> list[str]:
     """Problems of this architecture at ``tp_degree`` and ``seq_len``; empty when there are none.
     ``port_text`` (the port's sources) adds config keys that change the math but that it never reads."""
@@ -275,27 +275,30 @@ def preflight(
             f"sliding window {window} < sequence length {seq_len}, but the port never reads sliding_window"
         )
     if port_text is not None:
-        for key in unread_keys(report, port_text):
+        for key in unread_keys(report, port_text, config):
             problems.append(f"config key {key!r} changes the model, but the port never reads it")
     return problems
 
 
 # config keys that change the computation when set; the port (or a block it imports) must read them
 MATH_KEYS = (
-    "partial_rotary_factor",
     "attn_logit_softcapping",
     "final_logit_softcapping",
-    "query_pre_attn_scalar",
-    "norm_topk_prob",
     "attention_bias",
     "mlp_bias",
+    "norm_topk_prob",
+    "query_pre_attn_scalar",
 )
 
 
-def unread_keys(report: dict, port_text: str) -> list[str]:
+def unread_keys(report: dict, port_text: str, config=None) -> list[str]:
+    """Keys that are set (not None, False or 0) and that no word of the port's sources names."""
     active = set()
     if report["positional"]["partial_rotary_factor"] not in (None, 1, 1.0):
         active.add("partial_rotary_factor")
+    if config is not None:
+        c = _text_config(config)
+        active.update(k for k in MATH_KEYS if getattr(c, k, None) not in (None, False, 0))
     return sorted(k for k in active if k not in port_text)
 
 

@@ -44,6 +44,9 @@ def test_phi3_fused_weights_partial_rope_and_window_are_named():
         "config key 'partial_rotary_factor' changes the model, but the port never reads it",
     ]
     assert preflight(report, tp_degree=2, seq_len=64, port_text="sliding_window partial_rotary_factor") == []
+    gemma = load_config("gemma2", {"num_hidden_layers": 2, "attn_logit_softcapping": 50.0})
+    problems = preflight(analyze(gemma), port_text="", config=gemma)
+    assert "config key 'attn_logit_softcapping' changes the model, but the port never reads it" in problems
 
 
 @pytest.mark.parametrize(
@@ -94,6 +97,7 @@ def test_preflight_is_silent_on_every_bundled_spec(name):
 
     spec = load_spec(REPO / "port_specs" / f"{name}.toml", REPO, check_imports=False)
     tiny = {k: v for k, v in spec.tiny.items() if k not in HARNESS_TINY_KEYS}
-    report = analyze(load_config(spec.tiny["model_type"], tiny))
+    config = load_config(spec.tiny["model_type"], tiny)
+    report = analyze(config)
     text = "\n".join(p.read_text() for p in port_sources(spec.port_class_file.parent))
-    assert preflight(report, spec.port.tp_degree, spec.port.max_seq_len, text) == []
+    assert preflight(report, spec.port.tp_degree, spec.port.max_seq_len, text, config) == []

@@ -104,3 +104,19 @@ def test_scaffold_uses_a_checkpoint_folder_as_weights(tmp_path, tiny_weights):
     spec_file, _ = scaffold(str(folder), "mine", tmp_path / "project")
     text = spec_file.read_text()
     assert f'weights_path = "{folder}"' in text and "[tiny]" not in text
+
+
+def test_scaffolded_phi3_project_collects_and_runs(pytester):
+    """Straight from scaffold to pytest: the spec collects and the target-free stages pass."""
+    from pytest_autoport.scaffold import scaffold
+
+    overrides = {"partial_rotary_factor": 0.5, "sliding_window": 32}
+    spec_file, _ = scaffold("phi3", "phi3", pytester.path, overrides=overrides)
+    spec_file.write_text(
+        spec_file.read_text().replace('model_type = "phi3"', 'model_type = "phi3"\nweights = "random"')
+    )
+    result = pytester.runpytest_subprocess(
+        "--autoport-model=phi3", "-p", "no:cacheprovider", "--autoport-dry-run"
+    )
+    assert result.ret == 0, result.stdout.str()[-3000:]
+    result.stdout.fnmatch_lines(["preflight *passed*", "hygiene *passed*", "weights *passed*"])
