@@ -1,1 +1,1 @@
-"""Model ports. Each subpackage ports one HuggingFace architecture; shared blocks live in ``common``."""
+"""Model ports. Each subpackage ports one HuggingFace architecture; shared blocks are ``pytest_autoport.blocks``."""

@@ -20,6 +20,12 @@ COMMANDS = {
         "pytest_autoport.spec_from_validation_command",
         "convert a validation JSON into a spec",
     ),
+    "kb": ("pytest_autoport.kb", "search the knowledge base: autoport kb search TEXT"),
+    "scaffold": ("pytest_autoport.scaffold_command", "write a spec and a port skeleton for an architecture"),
+    "analyze": (
+        "pytest_autoport.analyze_command",
+        "what an HF architecture is made of, and its pre-flight checks",
+    ),
 }
 
 

@@ -20,6 +20,11 @@ class StageFailure(AutoportError):
     """A stage ran and the port failed its check. ``figures`` travel to the report."""
 
     def __init__(self, message: str, figures: dict | None = None):
+        from .kb import likely_cause
+
+        cause = likely_cause(message)
+        if cause is not None:
+            message += f"\nlikely cause: {cause.title} ({cause.file})"
         super().__init__(message)
         self.figures = figures or {}
 

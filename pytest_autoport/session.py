@@ -37,10 +37,21 @@ class AutoportSession:
     def check_inputs(self) -> None:
         """Spec input that only the model can judge, checked at collection: ``[tiny]`` keys (before a
         tiny checkpoint is trained), prompt lengths against the buckets, component layer indices."""
+        from .checkpoint_folder import missing_files, tokenizer_problem
+        from .errors import SpecError
         from .spec_checks import check_against_model, check_tiny_keys
 
         check_tiny_keys(self.spec)
-        check_against_model(self.spec, self.prompt_ids, self.hf_config.num_hidden_layers)
+        missing = [m for m in missing_files(self.weights.path) if not m.startswith("tokenizer")]
+        if missing:
+            raise SpecError(
+                self.spec.path, "model.weights_path", f"{self.weights.path} lacks {'; '.join(missing)}"
+            )
+        # without a tokenizer the prompts cannot be measured: the weights stage names what is missing
+        # and every later stage skips, so the lengths are checked only when it loads
+        usable = tokenizer_problem(lambda: self.tokenizer) is None
+        prompt_ids = self.prompt_ids if usable else [[0] for _ in self.spec.validation.prompts]
+        check_against_model(self.spec, prompt_ids, self.hf_config.num_hidden_layers)
 
     # -- locations ---------------------------------------------------------------------------------
     @property

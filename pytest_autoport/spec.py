@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import SpecError
-from .spec_checks import check_text
+from .spec_checks import check_source_files, check_text
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -171,6 +171,7 @@ class PortSpec:
     generation: GenerationParams = field(default_factory=GenerationParams)
     timeouts: dict = field(default_factory=dict)  # stage name -> seconds
     tiny: dict = field(default_factory=dict)
+    hygiene: dict = field(default_factory=dict)  # waived porting rule -> the written reason
 
     @property
     def name(self) -> str:
@@ -197,7 +198,17 @@ class PortSpec:
 
 _TABLES = {"model": ModelParams, "port": PortParams, "validation": ValidationParams}
 _OPTIONAL_TABLES = {"generation": GenerationParams}
-STAGE_NAMES = ("env", "weights", "component", "model", "compile", "generate", "golden")
+STAGE_NAMES = (
+    "env",
+    "preflight",
+    "hygiene",
+    "weights",
+    "component",
+    "model",
+    "compile",
+    "generate",
+    "golden",
+)
 
 
 def find_spec_file(name_or_path: str, project_root: Path) -> Path:
@@ -228,7 +239,7 @@ def load_spec(path: Path, project_root: Path, *, check_imports: bool = True) -> 
     except OSError as exc:
         raise SpecError(path, None, f"cannot read: {exc.strerror}") from None
 
-    known = set(_TABLES) | set(_OPTIONAL_TABLES) | {"components", "tiny", "timeouts"}
+    known = set(_TABLES) | set(_OPTIONAL_TABLES) | {"components", "tiny", "timeouts", "hygiene"}
     for key in raw:
         if key not in known:
             raise SpecError(path, key, f"unknown table; expected one of {sorted(known)}")
@@ -260,13 +271,33 @@ def load_spec(path: Path, project_root: Path, *, check_imports: bool = True) -> 
     if not isinstance(tiny, dict):
         raise SpecError(path, "tiny", "must be a table of config overrides")
 
+    hygiene = _hygiene_waivers(raw.get("hygiene", {}), path)
     spec = PortSpec(
-        path=path, project_root=project_root, components=components, timeouts=timeouts, tiny=tiny, **tables
+        path=path,
+        project_root=project_root,
+        components=components,
+        timeouts=timeouts,
+        tiny=tiny,
+        hygiene=hygiene,
+        **tables,
     )
     _check_semantics(spec)
     if check_imports:
         import_port_class(spec)
     return spec
+
+
+def _hygiene_waivers(waivers, path: Path) -> dict:
+    from .hygiene import RULES
+
+    if not isinstance(waivers, dict):
+        raise SpecError(path, "hygiene", 'must be a table of rule = "reason"')
+    for rule, reason in waivers.items():
+        if rule not in RULES:
+            raise SpecError(path, f"hygiene.{rule}", f"unknown rule; expected one of {RULES}")
+        if not isinstance(reason, str) or not reason.strip():
+            raise SpecError(path, f"hygiene.{rule}", "a waived rule needs a written reason")
+    return waivers
 
 
 def _build(cls, values, path: Path, where: str):
@@ -335,6 +366,7 @@ def _check_semantics(spec: PortSpec) -> None:
     p, path = spec.port, spec.path
     check_text(spec)
     _check_weights_path(spec)
+    check_source_files(spec)
     if p.target not in TARGETS:
         raise SpecError(path, "port.target", f"unknown target {p.target!r}; expected one of {TARGETS}")
     if p.dtype not in DTYPES:

@@ -33,6 +33,23 @@ def check_text(spec) -> None:
             raise SpecError(spec.path, f"validation.prompts[{i}]", f"{prompt!r} is empty: give it some text")
 
 
+def check_source_files(spec) -> None:
+    """``model.modeling_file`` / ``model.config_file`` name the HF source files of the model: plain
+    file names, which must exist in ``model.model_source_dir`` when that is given."""
+    m = spec.model
+    source_dir = spec.resolve(m.model_source_dir) if m.model_source_dir else None
+    if source_dir is not None and not source_dir.is_dir():
+        raise SpecError(spec.path, "model.model_source_dir", f"{source_dir} is not a folder")
+    for field_name in ("modeling_file", "config_file"):
+        value = getattr(m, field_name)
+        if not value:
+            continue
+        if not PLAIN_NAME.fullmatch(value):
+            raise SpecError(spec.path, f"model.{field_name}", f"{value!r} is not a plain file name")
+        if source_dir is not None and not (source_dir / value).is_file():
+            raise SpecError(spec.path, f"model.{field_name}", f"{value} is not in {source_dir}")
+
+
 def spec_warnings(spec) -> list[str]:
     """What the verdict should warn about though the spec is valid."""
     if not spec.components:

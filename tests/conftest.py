@@ -13,7 +13,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
-# name -> (file inside neuron_port/, text in the correct port, text with the bug)
+# name -> (file inside neuron_port/, or blocks/ for the harness's building blocks, text in the correct
+# port, text with the bug)
 PLANTED_BUGS = {
     "rope_theta": (
         "llama/modeling_llama.py",
@@ -37,7 +38,7 @@ PLANTED_BUGS = {
         "        return converted\n",
     ),
     "layernorm_for_rmsnorm": (
-        "common/norms.py",
+        "blocks/norms.py",
         "x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)",
         "x = (x - x.mean(-1, keepdim=True)) * torch.rsqrt(x.var(-1, keepdim=True, unbiased=False) + self.eps)",
     ),
@@ -80,13 +81,28 @@ class PortProject:
         spec_text = re.sub(r'weights_path = ".*"', f'weights_path = "{weights}"', spec_text)
         self.spec = self.root / "port_specs" / f"{name}.toml"
         self.spec.write_text(spec_text)
+        self.blocks = self.root / "planted_blocks"
 
     def plant(self, bug: str) -> None:
         self.replace(*PLANTED_BUGS[bug], what=bug)
 
+    def source_path(self, file: str) -> Path:
+        """The editable copy of ``neuron_port/<file>``, or of ``blocks/<file>`` (see ``replace``)."""
+        if not file.startswith("blocks/"):
+            return self.root / "neuron_port" / file
+        if not self.blocks.exists():
+            shutil.copytree(
+                REPO / "pytest_autoport" / "blocks",
+                self.blocks,
+                ignore=shutil.ignore_patterns("__pycache__", "__init__.py"),
+            )
+        return self.blocks / file.removeprefix("blocks/")
+
     def replace(self, file: str, correct: str, buggy: str, what: str = "planted bug") -> None:
-        """Replace ``correct`` by ``buggy`` in ``neuron_port/<file>``."""
-        path = self.root / "neuron_port" / file
+        """Replace ``correct`` by ``buggy`` in ``neuron_port/<file>``; a ``blocks/<file>`` is edited in
+        a copy of the building blocks that shadows the installed ones in this project's runs only
+        (``AUTOPORT_BLOCKS_PATH``)."""
+        path = self.source_path(file)
         text = path.read_text()
         assert correct in text, f"{what}: the text to replace is no longer in {file}"
         path.write_text(text.replace(correct, buggy, 1))
@@ -99,9 +115,12 @@ class PortProject:
     def run(self, *args: str) -> pytest.RunResult:
         """The verdict in a fresh interpreter: in-process runs would unload the transformers and port
         modules they imported, and classes re-imported later no longer match the ones in use."""
-        return self.pytester.runpytest_subprocess(
-            f"--autoport-model={self.name}", "-p", "no:cacheprovider", *args
-        )
+        with pytest.MonkeyPatch.context() as env:
+            if self.blocks.exists():
+                env.setenv("AUTOPORT_BLOCKS_PATH", str(self.blocks))
+            return self.pytester.runpytest_subprocess(
+                f"--autoport-model={self.name}", "-p", "no:cacheprovider", *args
+            )
 
     def results(self) -> dict:
         """The verdict the last run wrote: ``<name>.json``, or ``<name>.partial.json`` after a run
@@ -122,7 +141,7 @@ class PortProject:
         """The whole verdict ran in stage order, with each of ``components`` (``mlp-layer0``) checked
         in FP32 then bf16, and every stage passed; returns the figures by stage id."""
         stage_ids = (
-            ["env", "weights"]
+            ["env", "preflight", "hygiene", "weights"]
             + [f"component[{c}]" for c in components]
             + [f"component[{c}-bfloat16]" for c in components]
             + ["model", "model[bfloat16]", "compile", "generate", "golden"]

@@ -28,7 +28,7 @@ def test_clean_cache_option_forces_a_compile(port_project):
 
 def test_failed_compile_keeps_its_logs_and_names_the_folder(port_project):
     port_project.replace(
-        "common/decoder.py",
+        "blocks/decoder.py",
         "        hidden_states = self.embed_tokens(input_ids)\n",
         "        hidden_states = self.embed_tokens(input_ids)\n"
         "        if hidden_states.sum() > 0:  # data-dependent control flow cannot be captured\n"
@@ -118,4 +118,28 @@ def test_port_sources_follow_imports_into_sibling_packages(tmp_path):
     assert packages("broken") == {"broken", "base", "common"}
     assert packages("unrelated") == {"unrelated"}
     repo_int8 = Path(__file__).resolve().parents[1] / "neuron_port" / "int8"
-    assert {"llama", "common"} <= {p.parent.name for p in port_sources(repo_int8)}
+    assert {"llama", "blocks"} <= {p.parent.name for p in port_sources(repo_int8)}
+
+
+def test_port_sources_hash_the_blocks_the_port_imports_where_they_are_found(tmp_path, monkeypatch):
+    """The blocks ship with the harness, outside the project; an overriding copy replaces them."""
+    from pytest_autoport import blocks
+    from pytest_autoport.stages.compile import _label, port_sources
+
+    project = tmp_path / "project"
+    port = project / "neuron_port" / "mine"
+    port.mkdir(parents=True)
+    (port / "modeling.py").write_text("from pytest_autoport.blocks.norms import RMSNorm\n")
+    installed = Path(blocks.__file__).parent
+    labels = {_label(p, project): p for p in port_sources(port)}
+    assert labels["blocks/norms.py"] == installed / "norms.py"
+    assert labels["neuron_port/mine/modeling.py"] == port / "modeling.py"
+    override = tmp_path / "planted"
+    override.mkdir()
+    (override / "norms.py").write_text("")
+    monkeypatch.setattr(blocks, "__path__", [str(override), *blocks.__path__])
+    labels = {_label(p, project): p for p in port_sources(port)}
+    assert labels["blocks/norms.py"] == override / "norms.py"
+    assert labels["blocks/rope.py"] == installed / "rope.py"
+    (port / "modeling.py").write_text("import torch\n")
+    assert all(p.parent == port for p in port_sources(port))

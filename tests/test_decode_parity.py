@@ -16,7 +16,7 @@ from pytest_autoport.numerics_logits import (
 )
 
 VOCAB = 7
-ATTENTION = "common/attention.py"
+ATTENTION = "blocks/attention.py"
 # token generation writes each new key and value one slot too far: prefill is right, decoding is not
 KV_ONE_SLOT_OFF = (
     ATTENTION,

@@ -84,7 +84,7 @@ def test_yarn_matches_hf(rope):
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
     from transformers.models.deepseek_v3.modeling_deepseek_v3 import yarn_apply_mscale
 
-    from neuron_port.common.yarn import yarn_inv_freq, yarn_softmax_scale
+    from pytest_autoport.blocks.yarn import yarn_inv_freq, yarn_softmax_scale
 
     params = {"rope_type": "yarn", "rope_theta": 10000.0, **rope}
     config = AutoConfig.for_model(

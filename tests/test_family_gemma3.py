@@ -27,7 +27,7 @@ def test_correct_port_passes_every_stage(make_project):
     ("file", "correct", "buggy", "failing", "first_divergent"),
     [
         (  # Llama's RMSNorm: scales by weight, not by 1 + weight
-            "common/gemma_norm.py",
+            "blocks/gemma_norm.py",
             "normed * (1.0 + self.weight.float())",
             "normed * self.weight.float()",
             "input_norm-layer0",

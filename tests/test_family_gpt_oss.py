@@ -77,7 +77,7 @@ def test_rope_tables_match_hf_for_the_real_config(truncate):
     from transformers import GptOssConfig
     from transformers.models.gpt_oss.modeling_gpt_oss import GptOssRotaryEmbedding
 
-    from neuron_port.common.gpt_oss_rope import ScaledRotaryEmbedding
+    from pytest_autoport.blocks.gpt_oss_rope import ScaledRotaryEmbedding
 
     config = GptOssConfig()  # gpt-oss-20b / 120b attention and RoPE settings
     config.rope_parameters["truncate"] = truncate

@@ -32,7 +32,7 @@ def test_correct_port_passes_every_stage(make_project):
     [
         pytest.param(
             # with norm_topk_prob off (the tiny config), a softmax over the top-k logits alone is wrong
-            "common/moe.py",
+            "blocks/moe.py",
             "probs = torch.softmax(router_logits.float(), dim=-1)\n"
             "    top_k_weights, top_k_index = torch.topk(probs, top_k, dim=-1)",
             "top_k_logits, top_k_index = torch.topk(router_logits.float(), top_k, dim=-1)\n"

@@ -108,7 +108,7 @@ def test_generate_stage_reports_metrics_and_buckets(port_project):
 
 def test_degenerate_output_fails_generate_with_the_text(port_project):
     port_project.replace(
-        "common/decoder.py",
+        "blocks/decoder.py",
         "return self.lm_head(self.model(input_ids, position_ids, cache_len)).float()",
         "logits = self.lm_head(self.model(input_ids, position_ids, cache_len)).float()\n"
         "        return logits + 1000.0 * (torch.arange(logits.shape[-1]) == 40) * (input_ids.shape[1] == 1)",

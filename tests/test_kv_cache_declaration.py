@@ -65,7 +65,7 @@ def test_a_declaration_must_name_a_buffer():
 
 # -- the verdict on copies of the bundled Llama port ----------------------------------------------------
 
-ATTENTION = "common/attention.py"
+ATTENTION = "blocks/attention.py"
 LLAMA = "llama/modeling_llama.py"
 MASK_TABLE = (
     "        self.cache = KVCache(nc.batch_size, self.num_kv_heads, nc.max_seq_len, self.head_dim)\n",
@@ -80,7 +80,7 @@ MASK_USE = (
 
 def rename_caches(project, declare: bool):
     """KVCache's buffers renamed to ``keys_store`` / ``values_store`` (declared or not)."""
-    path = project.root / "neuron_port" / ATTENTION
+    path = project.source_path(ATTENTION)
     text = path.read_text()
     for old, new in (("k_cache", "keys_store"), ("v_cache", "values_store")):
         text = text.replace(f'"{old}"', f'"{new}"').replace(f"self.{old}", f"self.{new}")

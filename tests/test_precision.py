@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-NORM = "common/norms.py"
+NORM = "blocks/norms.py"
 LLAMA = "llama/modeling_llama.py"
 # the variance accumulated in the input dtype (bf16 in a bf16 model), as a bf16 reduction does on device
 VARIANCE_IN_BF16 = (
@@ -115,7 +115,7 @@ def test_golden_all_modes_on_correct_port(port_project):
 def test_decode_only_kv_bug_passes_model_and_fails_golden_with_divergences(port_project):
     # the token-generation path writes every new key and value into slot 0: prefill is right, decoding is not
     port_project.replace(
-        "common/attention.py",
+        "blocks/attention.py",
         "        batch, heads, _, head_dim = k.shape\n",
         "        batch, heads, _, head_dim = k.shape\n"
         "        if k.shape[2] == 1:\n"

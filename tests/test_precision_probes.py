@@ -9,7 +9,7 @@ import torch
 from pytest_autoport.numerics import three_tensor_ratio
 from pytest_autoport.numerics_probes import PROBES, gain_ratio, probe_input
 
-NORM = "common/norms.py"
+NORM = "blocks/norms.py"
 CORRECT = "        x = x.float()\n        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)\n"
 RMSNORM_BUGS = {
     # the variance reduced in the input dtype, the normalisation in FP32

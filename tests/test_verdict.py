@@ -51,6 +51,10 @@ def test_planted_logic_bug_fails_at_its_component(port_project, bug, failing, fi
     port_project.assert_caught(
         port_project.run(), failing=(failing,), passing=("embedding",), first_divergent=first_divergent
     )
+    cause = {"rope_theta": "attention_and_rope", "swapped_gate_up": "mlp_and_fused_weights"}
+    cause.update(missing_residual="accuracy_debugging", layernorm_for_rmsnorm="norms")
+    message = port_project.stage(f"component[{failing}]")["message"]
+    assert "likely cause: " in message and message.endswith(f"(kb/{cause[bug]}.md)")
     assert "prerequisite stage model did not pass" in port_project.stage("compile")["message"]
 
 
@@ -60,7 +64,9 @@ def test_wrong_weight_key_fails_weights_and_names_the_key(port_project):
     assert result.ret == 1
     statuses = port_project.statuses()
     assert statuses["weights"] == "failed"
-    assert all(statuses[s] == "skipped" for s in statuses if s not in ("env", "weights"))
+    assert all(
+        statuses[s] == "skipped" for s in statuses if s not in ("env", "preflight", "hygiene", "weights")
+    )
     message = {s["id"]: s["message"] for s in port_project.results()["stages"]}["weights"]
     assert "HF tensors the conversion never used (1)" in message
     assert "model.layers.0.self_attn.q_proj.weight" in message

@@ -22,11 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from neuron_port.common import RMSNorm, apply_rotary
-from neuron_port.common.decoder import CausalLM, DecoderLayer, DecoderModel, SwiGLUMLP, attend
-from neuron_port.common.moe import stack_checkpoint_experts
-from neuron_port.common.rope import rope_parameters
-from neuron_port.common.yarn import YarnRotaryEmbedding, yarn_softmax_scale
+from pytest_autoport.blocks import RMSNorm, apply_rotary
+from pytest_autoport.blocks.decoder import CausalLM, DecoderLayer, DecoderModel, SwiGLUMLP, attend
+from pytest_autoport.blocks.moe import stack_checkpoint_experts
+from pytest_autoport.blocks.rope import rope_parameters
+from pytest_autoport.blocks.yarn import YarnRotaryEmbedding, yarn_softmax_scale
 
 
 def apply_interleaved_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

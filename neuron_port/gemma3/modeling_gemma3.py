@@ -16,11 +16,11 @@ import torch
 from torch import nn
 from transformers.activations import ACT2FN
 
-from neuron_port.common import KVCache, RotaryEmbedding, apply_rotary
-from neuron_port.common.decoder import CausalLM, DecoderModel, SwiGLUMLP, attend
-from neuron_port.common.gemma_norm import GemmaRMSNorm
-from neuron_port.common.rope import hf_rope_settings
-from neuron_port.common.softcap import softcap
+from pytest_autoport.blocks import KVCache, RotaryEmbedding, apply_rotary
+from pytest_autoport.blocks.decoder import CausalLM, DecoderModel, SwiGLUMLP, attend
+from pytest_autoport.blocks.gemma_norm import GemmaRMSNorm
+from pytest_autoport.blocks.rope import hf_rope_settings
+from pytest_autoport.blocks.softcap import softcap
 
 
 def layer_types(config) -> list[str]:

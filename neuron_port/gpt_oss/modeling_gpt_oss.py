@@ -9,9 +9,9 @@ does not use) combine them, so no graph depends on the routing.
 import torch
 from torch import nn
 
-from neuron_port.common import KVCache, apply_rotary, causal_cache_mask, repeat_kv
-from neuron_port.common.decoder import CausalLM, DecoderLayer, DecoderModel
-from neuron_port.common.gpt_oss_rope import ScaledRotaryEmbedding
+from pytest_autoport.blocks import KVCache, apply_rotary, causal_cache_mask, repeat_kv
+from pytest_autoport.blocks.decoder import CausalLM, DecoderLayer, DecoderModel
+from pytest_autoport.blocks.gpt_oss_rope import ScaledRotaryEmbedding
 
 # e2m1 value of each 4-bit code: bit 3 is the sign, bits 0-2 index the magnitude
 FP4_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)

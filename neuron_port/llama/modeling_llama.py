@@ -10,9 +10,9 @@ reading only the first ``cache_len`` slots (the bucket's reach).
 import torch.nn.functional as F
 from torch import nn
 
-from neuron_port.common import KVCache, RMSNorm, RotaryEmbedding, apply_rotary
-from neuron_port.common.decoder import CausalLM, DecoderModel, SwiGLUMLP, attend
-from neuron_port.common.rope import rope_parameters
+from pytest_autoport.blocks import KVCache, RMSNorm, RotaryEmbedding, apply_rotary
+from pytest_autoport.blocks.decoder import CausalLM, DecoderModel, SwiGLUMLP, attend
+from pytest_autoport.blocks.rope import rope_parameters
 
 
 class NeuronLlamaMLP(SwiGLUMLP):

@@ -10,9 +10,9 @@ so one ``forward(input_ids, position_ids, cache_len)`` serves context encoding a
 from torch import nn
 from transformers.activations import ACT2FN
 
-from neuron_port.common import KVCache, RotaryEmbedding, apply_rotary
-from neuron_port.common.decoder import CausalLM, DecoderLayer, DecoderModel, SwiGLUMLP, attend
-from neuron_port.common.rope import rope_parameters
+from pytest_autoport.blocks import KVCache, RotaryEmbedding, apply_rotary
+from pytest_autoport.blocks.decoder import CausalLM, DecoderLayer, DecoderModel, SwiGLUMLP, attend
+from pytest_autoport.blocks.rope import rope_parameters
 
 
 class NeuronMistralMLP(SwiGLUMLP):

@@ -4,14 +4,14 @@ weights renormalised to sum to 1.
 
 Static shapes: the KV cache is preallocated for ``neuron_config.batch_size`` x ``max_seq_len``, one
 ``forward(input_ids, position_ids, cache_len)`` serves context encoding and token generation, and the
-experts are dispatched densely (see ``neuron_port/common/moe.py``).
+experts are dispatched densely (see ``pytest_autoport/blocks/moe.py``).
 """
 
 from transformers.activations import ACT2FN
 
-from neuron_port.common.decoder import CausalLM, DecoderLayer, DecoderModel
-from neuron_port.common.moe import MoEExperts, SparseMoeBlock, stack_checkpoint_experts
 from neuron_port.mistral.modeling_mistral import NeuronMistralAttention
+from pytest_autoport.blocks.decoder import CausalLM, DecoderLayer, DecoderModel
+from pytest_autoport.blocks.moe import MoEExperts, SparseMoeBlock, stack_checkpoint_experts
 
 
 class NeuronMixtralSparseMoeBlock(SparseMoeBlock):

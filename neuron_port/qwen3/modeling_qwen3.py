@@ -8,9 +8,9 @@ Static shapes: the KV cache is preallocated for ``neuron_config.batch_size`` x `
 from torch import nn
 from transformers.activations import ACT2FN
 
-from neuron_port.common import KVCache, RMSNorm, RotaryEmbedding, apply_rotary
-from neuron_port.common.decoder import CausalLM, DecoderLayer, DecoderModel, SwiGLUMLP, attend
-from neuron_port.common.rope import rope_parameters
+from pytest_autoport.blocks import KVCache, RMSNorm, RotaryEmbedding, apply_rotary
+from pytest_autoport.blocks.decoder import CausalLM, DecoderLayer, DecoderModel, SwiGLUMLP, attend
+from pytest_autoport.blocks.rope import rope_parameters
 
 
 class NeuronQwen3MLP(SwiGLUMLP):

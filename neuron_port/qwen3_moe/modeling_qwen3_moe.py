@@ -5,14 +5,14 @@ softmax over all experts, then the top-k, renormalised only when ``norm_topk_pro
 
 Static shapes: the KV cache is preallocated for ``neuron_config.batch_size`` x ``max_seq_len``, one
 ``forward(input_ids, position_ids, cache_len)`` serves context encoding and token generation, and the
-experts are dispatched densely (see ``neuron_port/common/moe.py``).
+experts are dispatched densely (see ``pytest_autoport/blocks/moe.py``).
 """
 
 from transformers.activations import ACT2FN
 
-from neuron_port.common.decoder import CausalLM, DecoderLayer, DecoderModel, SwiGLUMLP
-from neuron_port.common.moe import MoEExperts, SparseMoeBlock, stack_checkpoint_experts
 from neuron_port.qwen3.modeling_qwen3 import NeuronQwen3Attention
+from pytest_autoport.blocks.decoder import CausalLM, DecoderLayer, DecoderModel, SwiGLUMLP
+from pytest_autoport.blocks.moe import MoEExperts, SparseMoeBlock, stack_checkpoint_experts
 
 
 def is_sparse_layer(config, layer_idx):

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from transformers.activations import ACT2FN
 
-from neuron_port.common import KVCache, RMSNorm, causal_cache_mask
+from pytest_autoport.blocks import KVCache, RMSNorm, causal_cache_mask
 
 
 def relative_position_bucket(relative_position, bidirectional, num_buckets, max_distance):

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from ..spec import PortSpec
 from . import compile as compile_stage
-from . import component, env, generate, golden, model, nxdi_cpu, weights
+from . import component, env, generate, golden, hygiene, model, nxdi_cpu, preflight, weights
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,10 @@ class PlannedStage:
 
 STAGES = {
     "env": StageDef("env", env.run, needs_target=False, runs_in_dry_run=lambda session: True),
+    "preflight": StageDef(
+        "preflight", preflight.run, ("env",), needs_target=False, runs_in_dry_run=lambda s: True
+    ),
+    "hygiene": StageDef("hygiene", hygiene.run, ("env",), needs_target=False, runs_in_dry_run=lambda s: True),
     # the weight mapping needs the target only where building the eager port does (nxdi)
     "weights": StageDef(
         "weights",
@@ -48,6 +52,8 @@ STAGES = {
 
 DEFAULT_TIMEOUTS = {  # seconds; a spec's [timeouts] table overrides them
     "env": 120,
+    "preflight": 300,
+    "hygiene": 120,
     "weights": 600,
     "component": 600,
     "model": 1800,
@@ -64,7 +70,7 @@ def plan(spec: PortSpec, num_layers: int, lp_dtype: str | None, present=None) ->
     """Every stage item in order. Each component and the model are checked in FP32 (ids without a
     dtype suffix) and, unless ``lp_dtype`` is None, in that low precision (``-bfloat16`` suffix).
     ``present`` (component name, layer) pairs, when given, drop layers that lack the module."""
-    items = [PlannedStage(STAGES["env"], "env"), PlannedStage(STAGES["weights"], "weights")]
+    items = [PlannedStage(STAGES[name], name) for name in ("env", "preflight", "hygiene", "weights")]
     dtypes = [None] + ([lp_dtype] if lp_dtype else [])
     for dtype in dtypes:
         for comp in spec.components:

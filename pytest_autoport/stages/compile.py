@@ -23,7 +23,7 @@ def key_inputs(session) -> dict:
         "spec": spec.name,
         "spec_sha256": hashlib.sha256(spec.path.read_bytes()).hexdigest(),
         "port_sources": {
-            str(p.relative_to(spec.project_root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sources
+            _label(p, spec.project_root): hashlib.sha256(p.read_bytes()).hexdigest() for p in sources
         },
         "weights": checkpoint_fingerprint(session.weights.path, session.artifacts / "data" / CHECKSUM_CACHE),
         "harness": harness_fingerprint(),
@@ -52,18 +52,51 @@ def harness_fingerprint() -> dict:
 
 
 def port_sources(port_dir: Path) -> list[Path]:
-    """The port package's files and those of every sibling package it imports, directly or through
-    another (``neuron_port.common``, or a port built on another port such as int8 on llama)."""
+    """The port package's files, those of every sibling package it imports, directly or through
+    another (a port built on another port such as int8 on llama), and the harness's building blocks
+    (``pytest_autoport.blocks``, wherever they are found) when any of those files imports them."""
     root = port_dir.parent
-    packages, todo = set(), [port_dir]
+    packages, todo, uses_blocks = set(), [port_dir], False
     while todo:
         package = todo.pop()
         if package in packages or not package.is_dir():
             continue
         packages.add(package)
         for file in _python_files(package):
+            uses_blocks = uses_blocks or _imports_blocks(file)
             todo += (root / name for name in _sibling_imports(file, root))
-    return sorted(file for package in packages for file in _python_files(package))
+    files = [file for package in packages for file in _python_files(package)]
+    return sorted(files + (list(_blocks_files().values()) if uses_blocks else []))
+
+
+def _blocks_dirs() -> list[Path]:
+    from .. import blocks
+
+    return [Path(p) for p in blocks.__path__]
+
+
+def _blocks_files() -> dict[str, Path]:
+    """Each block module by name, from the first folder of the blocks' search path that holds it."""
+    found: dict[str, Path] = {}
+    for folder in _blocks_dirs():
+        for file in _python_files(folder):
+            found.setdefault(str(file.relative_to(folder)), file)
+    return found
+
+
+def _imports_blocks(file: Path) -> bool:
+    text = file.read_text(errors="replace")
+    return "pytest_autoport.blocks" in text or "pytest_autoport import blocks" in text
+
+
+def _label(path: Path, project_root: Path) -> str:
+    """The key's name for a hashed file: project-relative, or ``blocks/<file>`` for a building block."""
+    if path.is_relative_to(project_root):
+        return str(path.relative_to(project_root))
+    for folder in _blocks_dirs():
+        if path.is_relative_to(folder):
+            return f"blocks/{path.relative_to(folder)}"
+    return str(path)
 
 
 def _python_files(package: Path) -> list[Path]:

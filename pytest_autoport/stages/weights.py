@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from ..checkpoint_folder import folder_problem, tokenizer_problem
 from ..errors import StageFailure
 from ..kv_cache import check_port_caches
 
 
 def run(session) -> dict:
-    report, port = session.mapping
     figures = {"weights_kind": session.weights.kind, "weights": session.weights.to_dict()}
+    problem = folder_problem(session.weights.path) or tokenizer_problem(lambda: session.tokenizer)
+    if problem:
+        raise StageFailure(problem, figures)
+    report, port = session.mapping
     figures.update(report.figures(len(session.hf_state_dict), len(port.state_dict())))
     if not report.ok:
         raise StageFailure(report.message(), figures)

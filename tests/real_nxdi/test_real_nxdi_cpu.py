@@ -239,6 +239,8 @@ def test_llama_nxdi_verdict_runs_every_stage_but_compile_on_cpu(make_project):
     statuses = project.statuses()
     assert statuses == {
         "env": "passed",
+        "preflight": "passed",
+        "hygiene": "passed",
         "weights": "passed",
         "model": "passed",
         "generate[cpu]": "passed",
@@ -254,6 +256,8 @@ def test_llama_nxdi_verdict_runs_every_stage_but_compile_on_cpu(make_project):
     }
     assert paths == {
         "env": None,
+        "preflight": None,
+        "hygiene": None,
         "weights": "cpu",
         "model": "cpu",
         "generate[cpu]": "cpu",

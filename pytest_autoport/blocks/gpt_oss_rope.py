@@ -1,6 +1,6 @@
 """RoPE as GPT-OSS configures it: YaRN-scaled frequencies, and cos/sin multiplied by YaRN's attention factor.
 
-Apply the tables with ``neuron_port.common.rope.apply_rotary`` (rotate-half layout).
+Apply the tables with ``pytest_autoport.blocks.rope.apply_rotary`` (rotate-half layout).
 """
 
 import math
