@@ -114,6 +114,8 @@ def test_device_stages_missing_neuron_cores_give_a_cpu_only_verdict(port_project
     result.stdout.fnmatch_lines(
         ["verdict: PASSED on the CPU path; not run here: compile, generate, golden (no NeuronCores) (llama,*"]
     )
+    html = (port_project.root / "agent_artifacts" / "results" / "llama.partial.html").read_text()
+    assert "PASSED on the CPU path; not run here: compile, generate, golden (no NeuronCores)" in html
 
 
 def _repo():
