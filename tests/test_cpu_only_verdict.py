@@ -122,3 +122,9 @@ def _repo():
     from pathlib import Path
 
     return Path(__file__).resolve().parents[1]
+
+
+def test_load_spec_takes_string_paths():
+    """As scripts call it (the real tier's torchrun test passes str paths)."""
+    spec = load_spec(str(_repo() / "port_specs" / "llama_nxdi.toml"), str(_repo()), check_imports=False)
+    assert spec.port.target == "nxdi"
