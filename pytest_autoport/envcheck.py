@@ -40,6 +40,19 @@ from dataclasses import asdict, dataclass, field
 
 STAGES = ("env", "spec", "weights", "component", "model", "compile", "generate", "golden")
 TARGETS = ("torch", "nxdi")
+# the nxdi target's CPU-mode stages; generate[cpu] and golden[cpu] stand in for the device ones
+NXDI_CPU_STAGES = ("generate[cpu]", "golden[cpu]", "sharding[tp=2]")
+NXDI_CPU_FALLBACK_STAGES = ("generate[cpu]", "golden[cpu]")
+DEVICE_RUNS_INSTEAD = "NeuronCores present: the device stage runs instead"
+
+
+def target_stages(target: str) -> tuple[str, ...]:
+    """The stages ``target`` plans, in order (nxdi adds its CPU-mode stages before ``compile``)."""
+    if target != "nxdi":
+        return STAGES
+    at = STAGES.index("compile")
+    return STAGES[:at] + NXDI_CPU_STAGES + STAGES[at:]
+
 
 # key (import name) -> (distribution name, group, extra modules imported when present)
 KNOWN_PACKAGES: dict[str, tuple[str, str, tuple[str, ...]]] = {
@@ -171,7 +184,7 @@ class EnvReport:
     def __post_init__(self):
         if not self.runnable_stages:
             self.runnable_stages = {
-                t: [s for s in STAGES if self.unavailable_reason(t, s) is None] for t in TARGETS
+                t: [s for s in target_stages(t) if self.unavailable_reason(t, s) is None] for t in TARGETS
             }
 
     # -- queries -----------------------------------------------------------------------------
@@ -192,6 +205,11 @@ class EnvReport:
 
         ``stage`` may carry a parameter (``component[mlp]``); stages not in ``STAGES`` are held
         to the strictest requirements of their target."""
+        if target == "nxdi" and stage in NXDI_CPU_STAGES:
+            reason = self._first_not_importable("neuronx_distributed_inference", "transformers")
+            if reason or stage not in NXDI_CPU_FALLBACK_STAGES:
+                return reason
+            return DEVICE_RUNS_INSTEAD if self.has_neuron_cores else None
         stage = stage.split("[", 1)[0]
         if stage in ("env", "spec", "hygiene"):
             return None if target in TARGETS else _unknown_target(target)
@@ -218,7 +236,8 @@ class EnvReport:
         data = asdict(self)
         data["has_neuron_cores"] = self.has_neuron_cores
         data["unavailable"] = {
-            t: {s: r for s in STAGES if (r := self.unavailable_reason(t, s)) is not None} for t in TARGETS
+            t: {s: r for s in target_stages(t) if (r := self.unavailable_reason(t, s)) is not None}
+            for t in TARGETS
         }
         data["paths"] = resolved_paths()
         return data
@@ -257,13 +276,13 @@ class EnvReport:
     def _stages_text(self, target: str) -> str:
         if target not in TARGETS:
             return _unknown_target(target)
-        runnable = [s for s in STAGES if self.unavailable_reason(target, s) is None]
-        if len(runnable) == len(STAGES):
+        runnable = [s for s in target_stages(target) if self.unavailable_reason(target, s) is None]
+        if all(s in runnable for s in STAGES):
             return "all stages can run here"
         skipped: dict[str, list[str]] = {}
-        for stage in STAGES:
+        for stage in target_stages(target):
             reason = self.unavailable_reason(target, stage)
-            if reason is not None:
+            if reason is not None and reason != DEVICE_RUNS_INSTEAD:
                 skipped.setdefault(reason, []).append(stage)
         text = f"can run {', '.join(runnable) or 'nothing'}"
         for reason, stages in skipped.items():
@@ -498,7 +517,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(report.to_dict(), indent=2, sort_keys=True))
     else:
         print("\n".join(_human(report)))
-    return 0 if len(report.runnable_stages[target]) == len(STAGES) else 1
+    return 0 if all(s in report.runnable_stages[target] for s in STAGES) else 1
 
 
 def _human(report: EnvReport) -> list[str]:

@@ -50,9 +50,13 @@ def render(verdict: dict, plots_dir: Path | None = None) -> str:
     stages = verdict.get("stages", [])
     model = str(verdict.get("model", "?"))
     passed = bool(verdict.get("passed"))
+    cls, word = ("passed", "PASSED") if passed else ("failed", "FAILED")
+    not_run = verdict.get("not_run_here") or {}
+    if verdict.get("verdict") == "cpu-only":
+        reasons = ", ".join(dict.fromkeys(not_run.values()))
+        cls, word = "skipped", f"PASSED on the CPU path; not run here: {', '.join(not_run)} ({reasons})"
     parts = [
-        f"<h1>autoport verdict: {_e(model)} "
-        f"<span class='badge verdict {'passed' if passed else 'failed'}'>{'PASSED' if passed else 'FAILED'}</span></h1>",
+        f"<h1>autoport verdict: {_e(model)} <span class='badge verdict {cls}'>{_e(word)}</span></h1>",
         "<div class='meta'>"
         + " &middot; ".join(
             _e(x)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from .errors import AutoportError, SpecError, StageFailure, TargetUnavailable
-from .results import FIGURE_PREFIX
+from .results import FIGURE_PREFIX, NOT_RUN_HERE, SUPERSEDED
 from .session import AutoportSession, Options
 from .spec import PortSpec, find_spec_file, load_spec
 from .verdict_reporter import STAGE_KEY, VerdictReporter, stage_of
@@ -209,7 +209,7 @@ class SpecFile(pytest.File):
         except AutoportError as exc:
             raise self.CollectError(str(exc)) from None
         state.session = session
-        planned_stages = plan(session.spec, num_layers, session.lp_dtype_name, present)
+        planned_stages = plan(session.spec, num_layers, session.lp_dtype_name, present, session.target_name)
         state.planned = len(planned_stages)
         for planned in planned_stages:
             item = StageItem.from_parent(self, name=planned.id, planned=planned)
@@ -243,6 +243,10 @@ class StageItem(pytest.Item):
         stage = self.planned.stage
         if session.options.dry_run and not stage.runs_in_dry_run(session):
             pytest.skip("dry run")
+        if stage.needs_target:  # before the prerequisites: a stage this machine cannot run says so
+            reason = session.target.unavailable_reason(stage.name)
+            if reason:
+                self._skip_unavailable(reason)
         for required in stage.requires:
             failed = [
                 sid
@@ -251,18 +255,25 @@ class StageItem(pytest.Item):
             ]
             if failed:
                 pytest.skip(f"prerequisite stage {failed[0]} did not pass ({self.state.outcomes[failed[0]]})")
-        if stage.needs_target:
-            reason = session.target.unavailable_reason(stage.name)
-            if reason:
-                pytest.skip(reason)
         try:
             figures = stage.run(session, **self.planned.params)
         except StageFailure as exc:
             self._add_figures(exc.figures)
             raise
         except TargetUnavailable as exc:
-            pytest.skip(str(exc))
+            self._skip_unavailable(str(exc))
         self._add_figures(figures or {})
+
+    def _skip_unavailable(self, reason: str) -> None:
+        """Skip: the target cannot run this stage here. A stage skipped only for the missing
+        NeuronCores is marked so (the verdict can then be "cpu-only" rather than failed)."""
+        from .envcheck import DEVICE_RUNS_INSTEAD, NO_CORES_REASON
+
+        if reason == NO_CORES_REASON:
+            self._add_figures({NOT_RUN_HERE: "no NeuronCores"})
+        elif reason == DEVICE_RUNS_INSTEAD:  # a CPU stand-in where the device stage itself runs
+            self._add_figures({SUPERSEDED: reason})
+        pytest.skip(reason)
 
     def _add_figures(self, figures: dict) -> None:
         for key, value in figures.items():

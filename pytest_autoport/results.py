@@ -14,6 +14,10 @@ from pathlib import Path
 
 SCHEMA_VERSION = 1
 FIGURE_PREFIX = "autoport."
+NOT_RUN_HERE = (
+    "not_run_here"  # figure of a stage skipped because this machine cannot run it (e.g. "no NeuronCores")
+)
+SUPERSEDED = "superseded"  # figure of a CPU stand-in stage skipped because its device stage runs here
 
 
 @dataclass
@@ -46,16 +50,38 @@ class Verdict:
 
     @property
     def passed(self) -> bool:
-        return not self.error and bool(self.stages) and all(s.status == "passed" for s in self.stages)
+        judged = self.judged_stages
+        return not self.error and bool(judged) and all(s.status == "passed" for s in judged)
+
+    @property
+    def judged_stages(self) -> list[StageRecord]:
+        """Every stage but a CPU stand-in skipped because its device stage runs on this machine."""
+        return [s for s in self.stages if not (s.status == "skipped" and SUPERSEDED in s.figures)]
 
     @property
     def outcome(self) -> str:
-        """passed | failed | dry-run (a dry run with nothing failed: it proves nothing either way)."""
+        """passed | failed | dry-run (a dry run with nothing failed: it proves nothing either way) |
+        cpu-only (every stage that ran passed; the others were skipped because this machine cannot
+        run them, e.g. the device stages of the nxdi target without NeuronCores)."""
         if self.passed:
             return "passed"
-        if self.dry_run and not self.error and all(s.status in ("passed", "skipped") for s in self.stages):
+        judged = self.judged_stages
+        nothing_failed = not self.error and all(s.status in ("passed", "skipped") for s in judged)
+        if self.dry_run and nothing_failed:
             return "dry-run"
+        skipped = [s for s in judged if s.status == "skipped"]
+        if (
+            nothing_failed
+            and any(s.status == "passed" for s in judged)
+            and all(NOT_RUN_HERE in s.figures for s in skipped)
+        ):
+            return "cpu-only"
         return "failed"
+
+    @property
+    def not_run_here(self) -> dict[str, str]:
+        """Stage id -> why this machine could not run it, for the stages skipped for that reason."""
+        return {s.id: s.figures[NOT_RUN_HERE] for s in self.stages if NOT_RUN_HERE in s.figures}
 
     def record(self, rec: StageRecord) -> None:
         existing = next((i for i, s in enumerate(self.stages) if s.nodeid == rec.nodeid), None)
@@ -83,6 +109,7 @@ class Verdict:
             "duration_s": round(time.time() - self.started_at, 3),
             "stages": [asdict(s) for s in self.stages],
             "warnings": self.warnings,
+            "not_run_here": self.not_run_here,
         }
 
 
@@ -132,8 +159,9 @@ def format_table(verdict: Verdict) -> list[str]:
         f"verdict: {verdict_word(verdict)} ({verdict.model}, target {verdict.target}, "
         f"{verdict.weights.get('kind', '?')} weights)"
     )
-    if verdict.partial:
-        lines.append(f"partial run: {selection_text(verdict.selection)}; the full verdict is left as it was")
+    partial = partial_text(verdict)
+    if partial:
+        lines.append(f"{partial}; the full verdict is left as it was")
     return lines
 
 
@@ -141,8 +169,41 @@ def verdict_word(verdict: Verdict) -> str:
     if verdict.outcome == "dry-run":
         counts = {status: sum(s.status == status for s in verdict.stages) for status in ("passed", "skipped")}
         return f"DRY RUN: {counts['passed']} passed, {counts['skipped']} skipped"
-    word = "PASSED" if verdict.passed else "FAILED"
-    return f"PARTIAL, {word}" if verdict.partial else word
+    if verdict.outcome == "cpu-only":
+        not_run = verdict.not_run_here
+        reasons = ", ".join(dict.fromkeys(not_run.values()))
+        word = f"PASSED on the CPU path; not run here: {', '.join(not_run)} ({reasons})"
+    else:
+        word = "PASSED" if verdict.passed else "FAILED"
+    partial = verdict.partial and (verdict.outcome != "cpu-only" or selection_is_partial(verdict.selection))
+    return f"PARTIAL, {word}" if partial else word
+
+
+def partial_text(verdict: Verdict) -> str:
+    """Why a partial verdict is partial ("" for a full one)."""
+    if not verdict.partial:
+        return ""
+    if selection_is_partial(verdict.selection) or verdict.outcome != "cpu-only":
+        return f"partial run: {selection_text(verdict.selection)}"
+    return "partial verdict: the stages this machine cannot run were skipped"
+
+
+def selection_is_partial(selection: dict) -> bool:
+    """A run that did not select every stage: a dry run, or a selection (-k, -m, --lf, node ids)."""
+    if not selection:
+        return False
+    if selection.get("dry_run"):
+        return True
+    if (
+        selection.get("planned") is None
+    ):  # not collected (a broken spec): partial only if a selection was asked
+        return bool(
+            selection.get("keyword")
+            or selection.get("markers")
+            or selection.get("last_failed")
+            or selection.get("deselect")
+        )
+    return selection["selected"] < selection["planned"]
 
 
 def selection_text(selection: dict) -> str:
@@ -205,7 +266,7 @@ def port_summary(verdict: Verdict) -> str:
         f"# Port summary: {verdict.model}",
         "",
         f"- verdict: **{verdict_word(verdict)}**",
-        *([f"- partial run: {selection_text(verdict.selection)}"] if verdict.partial else []),
+        *([f"- {partial_text(verdict)}"] if verdict.partial else []),
         f"- spec: `{verdict.spec}`; target `{verdict.target}`; dtype `{verdict.dtype}`",
         f"- weights: {verdict.weights.get('kind', '?')} (`{verdict.weights.get('path', '?')}`)",
         f"- versions: {', '.join(f'{k} {v}' for k, v in verdict.versions.items())}",

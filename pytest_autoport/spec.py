@@ -231,7 +231,7 @@ def find_spec_file(name_or_path: str, project_root: Path) -> Path:
 
 
 def load_spec(path: Path, project_root: Path, *, check_imports: bool = True) -> PortSpec:
-    path = Path(path)
+    path, project_root = Path(path), Path(project_root)
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:

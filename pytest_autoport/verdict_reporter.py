@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 
 from .html_report import report_path, write_html_report
-from .results import FIGURE_PREFIX, StageRecord, Verdict, format_table, write_outputs
+from .results import (
+    FIGURE_PREFIX,
+    StageRecord,
+    Verdict,
+    format_table,
+    selection_is_partial,
+    write_outputs,
+)
 from .spec_checks import spec_warnings
 
 STAGE_KEY = "autoport-stage"  # user property set on every stage item: its stage id
@@ -108,7 +115,8 @@ class VerdictReporter:
         verdict = self.verdict
         verdict.versions.setdefault("pytest_autoport", __version__)
         verdict.selection = self._selection(config)
-        verdict.partial = _is_partial(verdict.selection)
+        # a cpu-only verdict is partial too: <model>.json holds only verdicts that ran every stage
+        verdict.partial = selection_is_partial(verdict.selection) or verdict.outcome == "cpu-only"
         try:
             self.outputs = write_outputs(verdict, self.state.artifacts_dir)
             self.html = write_html_report(verdict.to_dict(), report_path(self.outputs[0]))
@@ -144,17 +152,6 @@ class VerdictReporter:
             terminalreporter.write_line(f"report: {self.html}")
         if self.write_error:
             terminalreporter.write_line(f"results not written: {self.write_error}", red=True)
-
-
-def _is_partial(selection: dict) -> bool:
-    """A run that did not attempt every stage: a dry run, or a selection (-k, -m, --lf, node ids)."""
-    if selection["dry_run"]:
-        return True
-    if selection["planned"] is None:  # not collected (a broken spec): partial only if a selection was asked
-        return bool(
-            selection["keyword"] or selection["markers"] or selection["last_failed"] or selection["deselect"]
-        )
-    return selection["selected"] < selection["planned"]
 
 
 def _message(report: pytest.TestReport) -> str:

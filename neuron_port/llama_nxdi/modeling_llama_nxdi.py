@@ -73,9 +73,10 @@ class TinyLlamaMLP(nn.Module):
         super().__init__()
         dtype = config.neuron_config.torch_dtype
         h, i = config.hidden_size, config.intermediate_size
-        self.gate_proj = ColumnParallelLinear(h, i, bias=False, gather_output=False, dtype=dtype)
-        self.up_proj = ColumnParallelLinear(h, i, bias=False, gather_output=False, dtype=dtype)
-        self.down_proj = RowParallelLinear(i, h, bias=False, input_is_parallel=True, dtype=dtype)
+        bias = getattr(config, "mlp_bias", False)  # HF Llama's mlp_bias; the row-parallel bias is added once
+        self.gate_proj = ColumnParallelLinear(h, i, bias=bias, gather_output=False, dtype=dtype)
+        self.up_proj = ColumnParallelLinear(h, i, bias=bias, gather_output=False, dtype=dtype)
+        self.down_proj = RowParallelLinear(i, h, bias=bias, input_is_parallel=True, dtype=dtype)
 
     def forward(self, x):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))

@@ -66,10 +66,13 @@ DEFAULT_TIMEOUTS = {  # seconds; a spec's [timeouts] table overrides them
 }
 
 
-def plan(spec: PortSpec, num_layers: int, lp_dtype: str | None, present=None) -> list[PlannedStage]:
+def plan(
+    spec: PortSpec, num_layers: int, lp_dtype: str | None, present=None, target: str | None = None
+) -> list[PlannedStage]:
     """Every stage item in order. Each component and the model are checked in FP32 (ids without a
     dtype suffix) and, unless ``lp_dtype`` is None, in that low precision (``-bfloat16`` suffix).
-    ``present`` (component name, layer) pairs, when given, drop layers that lack the module."""
+    ``present`` (component name, layer) pairs, when given, drop layers that lack the module.
+    ``target`` is the run's effective target (``--autoport-target``), else the spec's."""
     items = [PlannedStage(STAGES[name], name) for name in ("env", "preflight", "hygiene", "weights")]
     dtypes = [None] + ([lp_dtype] if lp_dtype else [])
     for dtype in dtypes:
@@ -86,7 +89,7 @@ def plan(spec: PortSpec, num_layers: int, lp_dtype: str | None, present=None) ->
     if lp_dtype:
         items.append(PlannedStage(STAGES["model"], f"model[{lp_dtype}]", {"dtype": lp_dtype}))
     items += [PlannedStage(STAGES[name], name) for name in ("compile", "generate", "golden")]
-    if spec.port.target == "nxdi":
+    if (target or spec.port.target) == "nxdi":
         items = nxdi_cpu.extend_plan(items, StageDef, PlannedStage)
     return items
 

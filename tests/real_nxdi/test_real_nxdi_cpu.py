@@ -286,8 +286,8 @@ def test_sharding_stage_names_a_missing_all_reduce(make_project):
     project = make_project("llama_nxdi_port")
     project.replace(
         "llama_nxdi/modeling_llama_nxdi.py",
-        "RowParallelLinear(i, h, bias=False, input_is_parallel=True, dtype=dtype)",
-        "RowParallelLinear(i, h, bias=False, input_is_parallel=True, dtype=dtype, reduce_output=False)",
+        "RowParallelLinear(i, h, bias=bias, input_is_parallel=True, dtype=dtype)",
+        "RowParallelLinear(i, h, bias=bias, input_is_parallel=True, dtype=dtype, reduce_output=False)",
     )
     project.run("-k", "sharding or (mlp and not bfloat16)", "-W", "ignore")
     statuses = project.statuses()

@@ -144,11 +144,11 @@ class NxdiTarget:
             return f"neuronx-distributed-inference is not importable: {self._import_error}"
         if stage is None:
             return None
-        from ...envcheck import check_environment
+        from ...envcheck import DEVICE_RUNS_INSTEAD, check_environment
 
         if stage in CPU_FALLBACK_STAGES:  # stand-ins for the device stages, where there is no device
             device = check_environment("nxdi").unavailable_reason("nxdi", stage.split("[", 1)[0])
-            return None if device else "NeuronCores present: the device stage runs instead"
+            return None if device else DEVICE_RUNS_INSTEAD
         if stage in CPU_STAGES:  # NxDI imports in this process: CPU mode needs nothing more
             return None
         return check_environment("nxdi").unavailable_reason("nxdi", stage)
