@@ -227,7 +227,7 @@ class NxdiCompiledModel:
                 [
                     f"token_generation_{nxdi_bucket(t, self.token_buckets)}"
                     if t >= 2
-                    else f"context_encoding_{nxdi_bucket(t + 1, self.context_buckets)}"
+                    else f"context_encoding_{nxdi_bucket(2, self.context_buckets)}"  # score's 2-token prefix
                     for t in positions
                 ]
             )
