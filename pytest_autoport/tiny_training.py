@@ -20,7 +20,8 @@ TRAINER_SOURCE = Path(__file__)
 def train_on_corpus(
     model, tokenizer, text: str, *, steps: int, seed: int, lr: float = 3e-3, batch: int = 16
 ) -> dict:
-    """Train ``model`` in place; deterministic for a seed and torch version."""
+    """Train ``model`` in place, on one thread: deterministic for a seed and torch version, whatever
+    the core count or ``OMP_NUM_THREADS``."""
     import torch
 
     from .progress import progress as progress_bar
@@ -37,15 +38,20 @@ def train_on_corpus(
     start = time.perf_counter()
     loss_value = float("nan")
     progress = progress_bar(range(steps), desc=f"training tiny {model.config.model_type}")
-    for _ in progress:
-        loss = model(**next(sample), use_cache=False).loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        loss_value = float(loss.detach())
-        progress.set_postfix(loss=f"{loss_value:.3f}")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the sums' order, hence the weights, must not depend on the machine's cores
+    try:
+        for _ in progress:
+            loss = model(**next(sample), use_cache=False).loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            loss_value = float(loss.detach())
+            progress.set_postfix(loss=f"{loss_value:.3f}")
+    finally:
+        torch.set_num_threads(threads)
     model.eval()
     return {
         "steps": steps,
