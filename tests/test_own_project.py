@@ -94,7 +94,7 @@ def test_a_port_in_the_users_project_imports_the_installed_blocks(installed, tmp
         text=True,
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
-    assert "verdict: PASSED" in run.stdout
+    assert "verdict: PARTIAL, PASSED" in run.stdout  # -k selects some stages: a partial verdict
     assert str(REPO) not in run.stdout  # nothing came from the repository
 
 
