@@ -9,6 +9,7 @@ import re
 import shutil
 from pathlib import Path
 
+import forked_pytest
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -113,13 +114,14 @@ class PortProject:
         self.spec.write_text(text.replace(old, new, 1))
 
     def run(self, *args: str) -> pytest.RunResult:
-        """The verdict in a fresh interpreter: in-process runs would unload the transformers and port
-        modules they imported, and classes re-imported later no longer match the ones in use."""
+        """The verdict in a fresh process (forked from one with torch and transformers loaded):
+        in-process runs would unload the transformers and port modules they imported, and classes
+        re-imported later no longer match the ones in use."""
         with pytest.MonkeyPatch.context() as env:
             if self.blocks.exists():
                 env.setenv("AUTOPORT_BLOCKS_PATH", str(self.blocks))
-            return self.pytester.runpytest_subprocess(
-                f"--autoport-model={self.name}", "-p", "no:cacheprovider", *args
+            return forked_pytest.runpytest(
+                self.pytester, f"--autoport-model={self.name}", "-p", "no:cacheprovider", *args
             )
 
     def results(self) -> dict:

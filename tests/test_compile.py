@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import forked_pytest
+
 
 def compile_figures(project):
     return project.stage("compile")["figures"]
@@ -73,7 +75,7 @@ def test_artifact_store_fixture_lists_entries(port_project):
             assert states == ["ready"]
         """
     )
-    result = port_project.pytester.runpytest_subprocess("test_store.py", "-p", "no:cacheprovider")
+    result = forked_pytest.runpytest(port_project.pytester, "test_store.py", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
     assert Path(port_project.root / "agent_artifacts" / "data" / "compiled_model").is_dir()
 

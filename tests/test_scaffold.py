@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import forked_pytest
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -115,8 +116,8 @@ def test_scaffolded_phi3_project_collects_and_runs(pytester):
     spec_file.write_text(
         spec_file.read_text().replace('model_type = "phi3"', 'model_type = "phi3"\nweights = "random"')
     )
-    result = pytester.runpytest_subprocess(
-        "--autoport-model=phi3", "-p", "no:cacheprovider", "--autoport-dry-run"
+    result = forked_pytest.runpytest(
+        pytester, "--autoport-model=phi3", "-p", "no:cacheprovider", "--autoport-dry-run"
     )
     assert result.ret == 0, result.stdout.str()[-3000:]
     result.stdout.fnmatch_lines(["preflight *passed*", "hygiene *passed*", "weights *passed*"])

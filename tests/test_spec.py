@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import forked_pytest
 import pytest
 
 from pytest_autoport.errors import SpecError
@@ -97,6 +98,6 @@ def test_bad_spec_fails_collection_cleanly(port_project):
 
 
 def test_missing_spec_is_a_usage_error(pytester):
-    result = pytester.runpytest_subprocess("--autoport-model=nothere")
+    result = forked_pytest.runpytest(pytester, "--autoport-model=nothere")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*nothere.toml: no such spec file*"])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import forked_pytest
 import pytest
 
 from pytest_autoport.errors import SpecError
@@ -75,7 +76,7 @@ def test_spec_name_beside_a_same_named_folder_still_resolves(tmp_path):
 def test_folder_as_spec_is_a_usage_error(pytester):
     (pytester.path / "port_specs").mkdir()
     (pytester.path / "port_specs" / "llama.toml").write_text(LLAMA_SPEC)
-    result = pytester.runpytest_subprocess("--autoport-model=port_specs/", "-p", "no:cacheprovider")
+    result = forked_pytest.runpytest(pytester, "--autoport-model=port_specs/", "-p", "no:cacheprovider")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*port_specs: is a folder, not a spec file*specs in it: llama.toml*"])
     assert "Traceback" not in result.stderr.str()

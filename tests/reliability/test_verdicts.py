@@ -11,6 +11,7 @@ import shutil
 import stat
 import sys
 
+import forked_pytest
 import pytest
 import torch
 
@@ -35,8 +36,8 @@ def test_spec_outside_rootdir_gets_the_full_verdict(port_project, tmp_path_facto
     outside = tmp_path_factory.mktemp("elsewhere") / "llama.toml"
     shutil.copy(port_project.spec, outside)
     port_project.plant("wrong_weight_key")
-    result = port_project.pytester.runpytest_subprocess(
-        f"--autoport-model={outside}", "-p", "no:cacheprovider"
+    result = forked_pytest.runpytest(
+        port_project.pytester, f"--autoport-model={outside}", "-p", "no:cacheprovider"
     )
     assert result.ret == 1
     statuses = port_project.statuses()

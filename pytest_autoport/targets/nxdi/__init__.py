@@ -154,9 +154,10 @@ class NxdiTarget:
         return check_environment("nxdi").unavailable_reason("nxdi", stage)
 
     def stage_path(self, stage: str) -> str | None:
-        """Where ``stage`` runs NxDI: "cpu" (CPU mode) or "device" (NeuronCores); None for env."""
+        """Where ``stage`` runs NxDI: "cpu" (CPU mode) or "device" (NeuronCores); None for the stages
+        that check the host and the port's files without running NxDI."""
         base = stage.split("[", 1)[0]
-        if base == "env":
+        if base in ("env", "preflight", "hygiene"):
             return None
         if base == "component" and self.components_on_device:
             return "device"

@@ -1,0 +1,128 @@
+"""Run pytest in a fresh process forked from one that has torch and transformers imported already.
+
+A verdict in a new interpreter spends most of its first seconds importing torch, transformers and the
+bundled models' modelling code; the suite starts about a hundred of them. A fork server (one per test
+process) imports those once; each run is a fork of it that sets up the working folder, environment and
+``sys.path`` a ``python -m pytest`` started there would have, so the run sees the project it is given
+(its ``neuron_port`` copy, its planted bugs) and imports the harness afresh. What the fork server
+imported is read once when it starts: runs that need an interpreter started with other settings
+(another environment variable read at torch import, another Python) use a real subprocess.
+``AUTOPORT_TESTS_SUBPROCESS=1`` makes every run a real subprocess.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import multiprocessing
+import multiprocessing.forkserver
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+PRELOADED = ["fork_server_preload"]
+
+
+def _fresh_interpreter_path() -> list[str]:
+    """``sys.path`` of this interpreter started with no PYTHONPATH and no script: stdlib and site dirs."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run(
+        [sys.executable, "-c", "import sys, json; print(json.dumps(sys.path[1:]))"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return json.loads(out)
+
+
+_context = None
+_base_path: list[str] = []
+
+
+def _fork_server():
+    global _context, _base_path
+    if _context is None:
+        _base_path = _fresh_interpreter_path()
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(PRELOADED)
+        # the server imports its preload before it reads the path it is sent: it finds it on PYTHONPATH
+        here = str(Path(__file__).parent)
+        saved = os.environ.get("PYTHONPATH")
+        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [here, saved]))
+        try:
+            multiprocessing.forkserver.ensure_running()
+        finally:
+            if saved is None:
+                del os.environ["PYTHONPATH"]
+            else:
+                os.environ["PYTHONPATH"] = saved
+        _context = context
+    return _context
+
+
+def _run_pytest(args: list[str], cwd: str, env: dict[str, str], path: list[str], out: str, err: str) -> None:
+    stdout = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    stderr = os.open(err, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    stdin = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(stdout, 1)
+    os.dup2(stderr, 2)
+    os.dup2(stdin, 0)
+    os.chdir(cwd)
+    os.environ.clear()
+    os.environ.update(env)
+    sys.path[:] = path
+    sys.argv = [str(Path(sys.executable).parent / "pytest"), *args]
+    code = 1
+    try:
+        import pytest
+
+        code = int(pytest.main(args))
+    finally:
+        atexit._run_exitfuncs()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def runpytest(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    """What ``pytester.runpytest_subprocess(*args)`` returns, run in a fork of the preloaded server."""
+    if os.environ.get("AUTOPORT_TESTS_SUBPROCESS") == "1":
+        return pytester.runpytest_subprocess(*args)
+    from _pytest.pathlib import make_numbered_dir
+
+    context = _fork_server()
+    basetemp = make_numbered_dir(root=pytester.path, prefix="runpytest-", mode=0o700)
+    argv = [f"--basetemp={basetemp}", *map(str, args)]
+    for plugin in pytester.plugins:
+        if not isinstance(plugin, str):
+            raise ValueError(f"plugins of a forked run are named, not objects: {plugin}")
+        argv[:0] = ["-p", plugin]
+    cwd = os.getcwd()
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [cwd, env.get("PYTHONPATH", "")]))
+    path = [cwd, *env["PYTHONPATH"].split(os.pathsep), *_base_path]
+    out, err = pytester.path / "stdout", pytester.path / "stderr"
+    start = time.monotonic()
+    process = context.Process(target=_run_pytest, args=(argv, cwd, env, path, str(out), str(err)))
+    process.start()
+    try:
+        process.join()
+    finally:
+        if process.is_alive():  # the test was interrupted (Ctrl-C, pytest-timeout)
+            process.kill()
+    duration = time.monotonic() - start
+    outlines = out.read_text(errors="replace").splitlines()
+    errlines = err.read_text(errors="replace").splitlines()
+    print("\n".join(outlines))
+    print("\n".join(errlines), file=sys.stderr)
+    code = process.exitcode
+    try:
+        ret: int | pytest.ExitCode = pytest.ExitCode(code)
+    except ValueError:
+        ret = code
+    return pytest.RunResult(ret, outlines, errlines, duration)
