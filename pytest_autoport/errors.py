@@ -22,6 +22,7 @@ class StageFailure(AutoportError):
     def __init__(self, message: str, figures: dict | None = None):
         from .kb import likely_cause
 
+        self.detail = message  # without the likely-cause line
         cause = likely_cause(message)
         if cause is not None:
             message += f"\nlikely cause: {cause.title} ({cause.file})"

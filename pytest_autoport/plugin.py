@@ -258,11 +258,29 @@ class StageItem(pytest.Item):
         try:
             figures = stage.run(session, **self.planned.params)
         except StageFailure as exc:
+            exc = self._with_moe_hint(exc)
             self._add_figures(exc.figures)
-            raise
+            raise exc from None
         except TargetUnavailable as exc:
             self._skip_unavailable(str(exc))
         self._add_figures(figures or {})
+
+    def _with_moe_hint(self, failure: StageFailure) -> StageFailure:
+        """A failing MoE block (its own check, or the model's first divergent module) whose router and
+        experts checks passed in this run: the failure says that their combination diverges."""
+        from .moe_hints import combination_hint
+
+        params = self.planned.params
+        if "component" in params:
+            component, layer = params["component"], params["layer"]
+            path = component.hf_path(layer)
+        else:
+            path = failure.figures.get("first_divergence")
+            layer = _layer_of(self.state.session, path)
+        hint = combination_hint(self.state.session, path, layer, params.get("dtype"), self.state.outcomes)
+        if hint is None or hint in failure.detail:
+            return failure
+        return StageFailure(f"{failure.detail}\n{hint}", {**failure.figures, "moe_hint": hint})
 
     def _skip_unavailable(self, reason: str) -> None:
         """Skip: the target cannot run this stage here. A stage skipped only for the missing
@@ -320,3 +338,11 @@ def autoport_artifact_store(request):
     state = request.config.stash.get(STATE, None)
     root = state.artifacts_dir if state else request.config.rootpath / "agent_artifacts"
     return ArtifactStore(root / "data" / "compiled_model", root / "data" / "compilation_failures")
+
+
+def _layer_of(session, hf_path):
+    """The layer of the mapped module at or above ``hf_path`` (None when it is not per layer)."""
+    if not hf_path:
+        return None
+    held = [(hf, at) for _, hf, _, at in session.module_paths if f"{hf_path}.".startswith(f"{hf}.")]
+    return max(held, key=lambda entry: len(entry[0]))[1] if held else None

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import SpecError
+from .output_forms import FORMS
 from .spec_checks import check_source_files, check_text
 
 if sys.version_info >= (3, 11):
@@ -117,6 +118,8 @@ class Component:
     r_band_reason: str = ""  # ... allowed only with a written reason, shown in the report
     # the same HF module under other transformers versions, tried in order where hf_module is absent
     hf_module_aliases: list[str] = field(default_factory=list)
+    # forms HF's output takes in some transformers versions, derived from the port's (output_forms.py)
+    hf_output_forms: list[str] = field(default_factory=list)
 
     @property
     def call_kind(self) -> str:
@@ -436,6 +439,9 @@ def _check_semantics(spec: PortSpec) -> None:
                 raise SpecError(
                     path, f"components[{n}].hf_module_aliases", f"{alias!r} and hf_module disagree on '{{i}}'"
                 )
+        for form in comp.hf_output_forms:
+            if form not in FORMS:
+                raise SpecError(path, f"components[{n}].hf_output_forms", f"{form!r} is not one of {FORMS}")
         for entry in comp.layers:
             if isinstance(entry, str) and entry not in ("first", "last", "all"):
                 raise SpecError(

@@ -12,6 +12,7 @@ import copy
 from ..checks import DEFAULT_BAND, check_fp32, check_low_precision
 from ..errors import AutoportError, StageFailure
 from ..hf_reference import cast_floats, first_tensor, hidden_input
+from ..output_forms import align
 from ..router_taps import RouterTaps, near_tie_note
 from .component_probes import run_probes
 
@@ -50,6 +51,7 @@ def run(session, component, layer, dtype=None) -> dict:
         inputs["hf_args"], inputs["hf_kwargs"] = capture.args, capture.kwargs
         with session.own_modules_only(session.port):
             actual = first_tensor(session.target.run_component(module, component.call_kind, inputs))
+        actual, figures, where = _in_hf_form(component, actual, capture.output, figures, where)
         return {**figures, **check_fp32(actual, capture.output, where, plot)}
 
     lp = getattr(torch, dtype)
@@ -78,6 +80,7 @@ def run(session, component, layer, dtype=None) -> dict:
             module,
             lambda: first_tensor(session.target.run_component(module, component.call_kind, inputs)),
         )
+    port_lp, figures, where = _in_hf_form(component, port_lp, ref_fp32, figures, where)
     band = tuple(component.r_band) if component.r_band else DEFAULT_BAND
     (port_lp, ref_lp, ref_fp32), routing = taps.judge([port_lp, ref_lp, ref_fp32], where, lp)
     if routing:
@@ -99,6 +102,15 @@ def run(session, component, layer, dtype=None) -> dict:
         raise StageFailure(f"{failure}\n{figures['routing_note']}", {**figures, **failure.figures}) from None
     probes = run_probes(session, component, layer, where, dtype, module, inputs, capture, _call_hf, band)
     return {**figures, **checked, **probes}
+
+
+def _in_hf_form(component, port_out, hf_out, figures: dict, where: str) -> tuple:
+    """The port's output in the form HF's output has on this transformers version (``hf_output_forms``),
+    the figures and the name for messages saying so."""
+    port_out, form = align(component, port_out, hf_out)
+    if not form:
+        return port_out, figures, where
+    return port_out, {**figures, "hf_output_form": form}, f"{where} (as HF's {form})"
 
 
 def _port_module(port, path, component):

@@ -13,6 +13,7 @@ from ..errors import StageFailure
 from ..hf_reference import first_tensor
 from ..numerics import compare, judge_ratio, three_tensor_ratio
 from ..numerics_probes import PROBES, gain_ratio, probe_input
+from ..output_forms import align
 
 PROBE_TOKENS = 512
 
@@ -49,6 +50,7 @@ def run_probes(
         if inputs.get("hf_args"):
             port_inputs["hf_args"] = (probe, *inputs["hf_args"][1:])
         port_lp = first_tensor(session.target.run_component(port_module, component.call_kind, port_inputs))
+        port_lp, _ = align(component, port_lp, ref_fp32)
         if tuple(port_lp.shape) != tuple(ref_fp32.shape):
             raise StageFailure(
                 f"{where}: on the {kind} probe the port's output has shape {list(port_lp.shape)}, HF's has {list(ref_fp32.shape)}"
