@@ -24,20 +24,24 @@ def _subsequence(names: list[str], expected: list[str]) -> bool:
 
 
 def _toy_logits(port, ids: torch.Tensor) -> torch.Tensor:
-    """The toy model is position-wise: each position's logits depend on its own token alone."""
+    """The toy causal LM on whole sequences, without a KV cache: position i is token i at position i,
+    plus the mean of positions 0..i (the stand-in's toy attention), then the port's layers."""
+    from neuronx_distributed_inference.models.model_base import position_signal
+
+    length = ids.shape[1]
     with torch.no_grad():
-        hidden = port.embed_tokens(ids)
+        hidden = port.embed_tokens(ids) + position_signal(torch.arange(length).expand_as(ids), 8)
+        hidden = hidden + hidden.cumsum(1) / torch.arange(1, length + 1)[None, :, None]
         for layer in port.layers:
             hidden = layer(hidden)[0]
         return port.lm_head(port.norm(hidden))
 
 
 def _greedy_reference(port, prompt: list[int], new: int) -> list[int]:
-    tokens, last = [], prompt[-1]
+    seq = list(prompt)
     for _ in range(new):
-        last = int(_toy_logits(port, torch.tensor([[last]]))[0, -1].argmax())
-        tokens.append(last)
-    return tokens
+        seq.append(int(_toy_logits(port, torch.tensor([seq]))[0, -1].argmax()))
+    return seq[len(prompt) :]
 
 
 @pytest.fixture
