@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from causal_reference import causal_lm_violations
 
 HERE = Path(__file__).parent
 STAND_IN = HERE / "stand_in"
@@ -135,3 +136,14 @@ def _write_checkpoint(path: Path) -> None:
     tensors["model.norm.weight"] = 1 + 0.1 * torch.randn(h, generator=g)
     tensors["lm_head.weight"] = torch.randn(v, h, generator=g) / h**0.5
     save_file(tensors, str(path))
+
+
+@pytest.fixture
+def causal_contract(stand_in):
+    """``check(lengths=None)``: assert the forwards recorded so far keep a causal LM's input contract."""
+
+    def check(lengths: list[list[int]] | None = None) -> None:
+        problems = causal_lm_violations(stand_in.find("app.forward"), lengths)
+        assert not problems, "\n".join(problems)
+
+    return check

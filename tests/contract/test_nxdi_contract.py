@@ -9,6 +9,7 @@ import os
 
 import pytest
 import torch
+from causal_reference import greedy_reference, toy_logits
 
 from pytest_autoport.errors import StageFailure
 from pytest_autoport.generation import SamplingParams
@@ -21,27 +22,6 @@ PROMPTS = [[1, 2, 3], [4, 5], [6, 7, 8, 9, 10]]
 def _subsequence(names: list[str], expected: list[str]) -> bool:
     remaining = iter(names)
     return all(name in remaining for name in expected)
-
-
-def _toy_logits(port, ids: torch.Tensor) -> torch.Tensor:
-    """The toy causal LM on whole sequences, without a KV cache: position i is token i at position i,
-    plus the mean of positions 0..i (the stand-in's toy attention), then the port's layers."""
-    from neuronx_distributed_inference.models.model_base import position_signal
-
-    length = ids.shape[1]
-    with torch.no_grad():
-        hidden = port.embed_tokens(ids) + position_signal(torch.arange(length).expand_as(ids), 8)
-        hidden = hidden + hidden.cumsum(1) / torch.arange(1, length + 1)[None, :, None]
-        for layer in port.layers:
-            hidden = layer(hidden)[0]
-        return port.lm_head(port.norm(hidden))
-
-
-def _greedy_reference(port, prompt: list[int], new: int) -> list[int]:
-    seq = list(prompt)
-    for _ in range(new):
-        seq.append(int(_toy_logits(port, torch.tensor([seq]))[0, -1].argmax()))
-    return seq[len(prompt) :]
 
 
 @pytest.fixture
@@ -158,7 +138,7 @@ def test_build_port_loads_the_checkpoint(stand_in, make_spec):
     assert stand_in.find("load checkpoint")[0]["missing"] == []
 
 
-def test_run_model_returns_logits_at_every_position(stand_in, make_spec):
+def test_run_model_returns_logits_at_every_position(stand_in, make_spec, causal_contract):
     target = NxdiTarget()
     port = target.build_port(make_spec(), None, torch.float32)
     ids = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6, 5, 3]])  # 10 tokens: padded to the 16 bucket inside
@@ -166,10 +146,11 @@ def test_run_model_returns_logits_at_every_position(stand_in, make_spec):
     logits = target.run_model(port, ids)
 
     assert logits.shape == (1, 10, 32) and logits.dtype == torch.float32
-    torch.testing.assert_close(logits, _toy_logits(port, ids))
+    torch.testing.assert_close(logits, toy_logits(port, ids))
     names = stand_in.names()
     assert names.index("app.reset") < names.index("app.forward")
     assert stand_in.find("app.forward")[0]["kind"] == "context_encoding"
+    causal_contract([[10]])
 
 
 def test_run_component_calls_nxdi_modules_positionally(stand_in, make_spec):
@@ -301,7 +282,7 @@ def test_failed_compile_keeps_hlo_and_logs_and_names_them(stand_in, make_spec, t
 
 # -- load and generate -------------------------------------------------------------------------------
 @pytest.mark.parametrize("batch", [1, 2])
-def test_load_and_generate_through_the_adapter_greedy(stand_in, make_spec, tmp_path, batch):
+def test_load_and_generate_through_the_adapter_greedy(stand_in, make_spec, tmp_path, batch, causal_contract):
     spec = make_spec(batch=batch)
     target = NxdiTarget()
     port = target.build_port(spec, None, torch.float32)
@@ -348,7 +329,9 @@ def test_load_and_generate_through_the_adapter_greedy(stand_in, make_spec, tmp_p
         "every new token after the first is a decode step"
     )
 
-    assert generated.tokens == [_greedy_reference(port, p, 4) for p in PROMPTS]
+    assert generated.tokens == [greedy_reference(port, p, 4) for p in PROMPTS]
+    groups = [PROMPTS[i : i + batch] for i in range(0, len(PROMPTS), batch)]
+    causal_contract([[len(p) for p in g] + [len(g[0])] * (batch - len(g)) for g in groups])
     assert generated.decode_steps == 3 * len(calls)
     assert generated.ttft_s > 0 and generated.decode_s > 0 and generated.total_s >= generated.decode_s
     assert generated.buckets_used == ["context_encoding_8", "token_generation_16"]
@@ -356,7 +339,7 @@ def test_load_and_generate_through_the_adapter_greedy(stand_in, make_spec, tmp_p
 
 def test_generate_stops_at_eos_when_asked(stand_in, compiled):
     _, port, model = compiled
-    eos = _greedy_reference(port, PROMPTS[0], 1)[0]
+    eos = greedy_reference(port, PROMPTS[0], 1)[0]
 
     generated = model.generate(PROMPTS[:1], SamplingParams(max_new_tokens=4, eos_token_id=eos))
 
@@ -409,18 +392,23 @@ def test_prompt_too_long_for_the_sequence_is_a_clear_failure(stand_in, compiled)
         model.generate([list(range(1, 16))], SamplingParams(max_new_tokens=20))
 
 
-def test_score_is_teacher_forced_through_token_generation(stand_in, compiled):
+def test_score_is_teacher_forced_through_token_generation(stand_in, compiled, causal_contract):
     _, port, model = compiled
     seq = [5, 3, 7, 7, 1, 30, 2]
 
     (logits,) = model.score([seq])
 
     assert logits.shape == (len(seq), 32)
-    torch.testing.assert_close(logits, _toy_logits(port, torch.tensor([seq]))[0].float())
+    torch.testing.assert_close(logits, toy_logits(port, torch.tensor([seq]))[0].float())
     kinds = [c["kind"] for c in stand_in.find("app.forward")]
     # two tokens of context encoding (one would return a padding position), then one step per token
     assert kinds == ["context_encoding"] + ["token_generation"] * (len(seq) - 2)
     assert stand_in.names()[0] == "app.reset"
+    causal_contract([[2]])
+    steps = stand_in.find("app.forward")[1:]
+    assert [c["position_ids"].tolist() for c in steps] == [[[t]] for t in range(2, len(seq))]
+    assert [c["attention_mask"].shape[1] for c in steps] == list(range(2, len(seq)))
+    assert [c["input_ids"].tolist() for c in steps] == [[[token]] for token in seq[2:]]
 
 
 # -- the stand-in raising at each step ----------------------------------------------------------------

@@ -190,7 +190,13 @@ class NeuronBaseForCausalLM(nn.Module):
         self.kv_cache_populated = False
 
     def forward(
-        self, input_ids=None, seq_ids=None, attention_mask=None, position_ids=None, sampling_params=None, **kwargs
+        self,
+        input_ids=None,
+        seq_ids=None,
+        attention_mask=None,
+        position_ids=None,
+        sampling_params=None,
+        **kwargs,
     ):
         kind = "context_encoding" if int(position_ids.min()) == 0 else "token_generation"
         _standin_log.record(

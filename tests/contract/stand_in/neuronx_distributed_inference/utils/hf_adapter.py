@@ -69,7 +69,7 @@ class HuggingFaceGenerationAdapter:
         new = [self._pick(logits, kwargs)]
         done = new[0] == eos if eos is not None else torch.zeros_like(new[0], dtype=torch.bool)
         mask = attention_mask
-        for step in range(1, kwargs["max_new_tokens"]):
+        for _ in range(1, kwargs["max_new_tokens"]):
             if bool(done.all()):
                 break
             if _standin_log.OPTIONS.get("refeed"):
