@@ -6,6 +6,9 @@ on ``sys.path``. It imitates only the names and signatures the adapter calls, as
 source (see ``kb/nxdi_target.md``), and records every call in ``_standin_log``. A passing test shows
 that the adapter calls that API in the right order with the right arguments and handles its
 failures; it shows nothing about NxDI's behaviour, its numerics, the compiler or the hardware.
+Its toy model is a causal LM (positions and mask matter), ``causal_reference`` gives the no-cache
+answer, and the ``causal_contract`` fixture checks every recorded forward's inputs. A test whose
+assertion is only a value the stand-in makes itself is marked ``stand_in_value``.
 
 The ``stand_in`` fixture adds the stand-in for one test and removes it (``sys.path`` and every
 module it brought into ``sys.modules``) afterwards; tests without it see the real environment. The

@@ -24,17 +24,20 @@ def _subsequence(names: list[str], expected: list[str]) -> bool:
     return all(name in remaining for name in expected)
 
 
-@pytest.fixture
-def compiled(stand_in, make_spec, tmp_path):
-    """(spec, eager port, loaded compiled model) of the toy port; the call log starts empty after."""
-    spec = make_spec()
+def _compiled(stand_in, make_spec, out_dir, batch: int = 1):
+    spec = make_spec(batch=batch)
     target = NxdiTarget()
     port = target.build_port(spec, None, torch.float32)
-    out_dir = tmp_path / "artifact"
     out_dir.mkdir()
     model = target.load_compiled(spec, out_dir, target.compile(port, spec, out_dir))
     stand_in.CALLS.clear()
     return spec, port, model
+
+
+@pytest.fixture
+def compiled(stand_in, make_spec, tmp_path):
+    """(spec, eager port, loaded compiled model) of the toy port; the call log starts empty after."""
+    return _compiled(stand_in, make_spec, tmp_path / "artifact")
 
 
 # -- without the stand-in: the real environment ---------------------------------------------------
@@ -127,7 +130,10 @@ def test_build_port_calls_in_order_with_cpu_mode_first(stand_in, make_spec):
     assert not any(key.startswith("_autoport") for key in port.state_dict()), "the app is no submodule"
 
 
+@pytest.mark.stand_in_value
 def test_build_port_loads_the_checkpoint(stand_in, make_spec):
+    """STAND-IN VALUE: the stand-in's own ``to_cpu()`` loads the checkpoint (the harness only names the
+    model path, asserted in test_build_port_calls_in_order); NxDI's loading is checked in tests/real_nxdi."""
     from safetensors.torch import load_file
 
     spec = make_spec()
@@ -337,7 +343,7 @@ def test_load_and_generate_through_the_adapter_greedy(stand_in, make_spec, tmp_p
     assert generated.buckets_used == ["context_encoding_8", "token_generation_16"]
 
 
-def test_generate_stops_at_eos_when_asked(stand_in, compiled):
+def test_generate_stops_at_eos_when_asked(stand_in, compiled, causal_contract):
     _, port, model = compiled
     eos = greedy_reference(port, PROMPTS[0], 1)[0]
 
@@ -346,6 +352,7 @@ def test_generate_stops_at_eos_when_asked(stand_in, compiled):
     assert generated.tokens == [[eos]]
     (call,) = stand_in.find("HuggingFaceGenerationAdapter.generate")
     assert call["kwargs"]["eos_token_id"] == eos and "min_new_tokens" not in call["kwargs"]
+    causal_contract([[len(PROMPTS[0])]])
 
 
 def test_generate_kwargs_map_the_sampling_settings():
@@ -392,8 +399,11 @@ def test_prompt_too_long_for_the_sequence_is_a_clear_failure(stand_in, compiled)
         model.generate([list(range(1, 16))], SamplingParams(max_new_tokens=20))
 
 
-def test_score_is_teacher_forced_through_token_generation(stand_in, compiled, causal_contract):
-    _, port, model = compiled
+@pytest.mark.parametrize("batch", [1, 2])
+def test_score_is_teacher_forced_through_token_generation(
+    stand_in, make_spec, tmp_path, causal_contract, batch
+):
+    _, port, model = _compiled(stand_in, make_spec, tmp_path / "artifact", batch)
     seq = [5, 3, 7, 7, 1, 30, 2]
 
     (logits,) = model.score([seq])
@@ -404,11 +414,11 @@ def test_score_is_teacher_forced_through_token_generation(stand_in, compiled, ca
     # two tokens of context encoding (one would return a padding position), then one step per token
     assert kinds == ["context_encoding"] + ["token_generation"] * (len(seq) - 2)
     assert stand_in.names()[0] == "app.reset"
-    causal_contract([[2]])
+    causal_contract([[2] * batch])
     steps = stand_in.find("app.forward")[1:]
-    assert [c["position_ids"].tolist() for c in steps] == [[[t]] for t in range(2, len(seq))]
+    assert [c["position_ids"].tolist() for c in steps] == [[[t]] * batch for t in range(2, len(seq))]
     assert [c["attention_mask"].shape[1] for c in steps] == list(range(2, len(seq)))
-    assert [c["input_ids"].tolist() for c in steps] == [[[token]] for token in seq[2:]]
+    assert [c["input_ids"].tolist() for c in steps] == [[[token]] * batch for token in seq[2:]]
 
 
 # -- the stand-in raising at each step ----------------------------------------------------------------

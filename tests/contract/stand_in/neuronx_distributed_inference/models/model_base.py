@@ -8,6 +8,12 @@ there, then ``model.pt``; ``to_cpu()`` and ``load()`` load ``model.safetensors``
 the context bucket and returns only the logits of the
 largest position id. The "compiled" model is the same eager toy model: nothing is compiled.
 
+The toy model is a causal LM: each token gets a signal of its position id and adds the mean of
+the states it may see, kept in a KV cache per seq id as NxDI keeps it (context encoding writes
+slots 0..n-1 and is causal, ignoring the mask with right padding; token generation writes slot
+``position_ids`` and reads the cached slots where the mask is 1, plus itself). So wrong positions,
+masks or padding change the logits, as they would on NxDI. ``forward`` records every argument.
+
 Behaviour copied from real NxDI 0.9 (seen running it in CPU mode): the bucket is the first one
 strictly longer than the attention mask (or the largest when the input fills it exactly);
 context-encoding padding gets position id 1, so a one-token context encoding returns a padding
