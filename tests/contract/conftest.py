@@ -6,6 +6,9 @@ on ``sys.path``. It imitates only the names and signatures the adapter calls, as
 source (see ``kb/nxdi_target.md``), and records every call in ``_standin_log``. A passing test shows
 that the adapter calls that API in the right order with the right arguments and handles its
 failures; it shows nothing about NxDI's behaviour, its numerics, the compiler or the hardware.
+Its toy model is a causal LM (positions and mask matter), ``causal_reference`` gives the no-cache
+answer, and the ``causal_contract`` fixture checks every recorded forward's inputs. A test whose
+assertion is only a value the stand-in makes itself is marked ``stand_in_value``.
 
 The ``stand_in`` fixture adds the stand-in for one test and removes it (``sys.path`` and every
 module it brought into ``sys.modules``) afterwards; tests without it see the real environment. The
@@ -21,6 +24,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from causal_reference import causal_lm_violations
 
 HERE = Path(__file__).parent
 STAND_IN = HERE / "stand_in"
@@ -135,3 +139,14 @@ def _write_checkpoint(path: Path) -> None:
     tensors["model.norm.weight"] = 1 + 0.1 * torch.randn(h, generator=g)
     tensors["lm_head.weight"] = torch.randn(v, h, generator=g) / h**0.5
     save_file(tensors, str(path))
+
+
+@pytest.fixture
+def causal_contract(stand_in):
+    """``check(lengths=None)``: assert the forwards recorded so far keep a causal LM's input contract."""
+
+    def check(lengths: list[list[int]] | None = None) -> None:
+        problems = causal_lm_violations(stand_in.find("app.forward"), lengths)
+        assert not problems, "\n".join(problems)
+
+    return check

@@ -9,6 +9,7 @@ import os
 
 import pytest
 import torch
+from causal_reference import greedy_reference, toy_logits
 
 from pytest_autoport.errors import StageFailure
 from pytest_autoport.generation import SamplingParams
@@ -23,34 +24,20 @@ def _subsequence(names: list[str], expected: list[str]) -> bool:
     return all(name in remaining for name in expected)
 
 
-def _toy_logits(port, ids: torch.Tensor) -> torch.Tensor:
-    """The toy model is position-wise: each position's logits depend on its own token alone."""
-    with torch.no_grad():
-        hidden = port.embed_tokens(ids)
-        for layer in port.layers:
-            hidden = layer(hidden)[0]
-        return port.lm_head(port.norm(hidden))
-
-
-def _greedy_reference(port, prompt: list[int], new: int) -> list[int]:
-    tokens, last = [], prompt[-1]
-    for _ in range(new):
-        last = int(_toy_logits(port, torch.tensor([[last]]))[0, -1].argmax())
-        tokens.append(last)
-    return tokens
+def _compiled(stand_in, make_spec, out_dir, batch: int = 1):
+    spec = make_spec(batch=batch)
+    target = NxdiTarget()
+    port = target.build_port(spec, None, torch.float32)
+    out_dir.mkdir()
+    model = target.load_compiled(spec, out_dir, target.compile(port, spec, out_dir))
+    stand_in.CALLS.clear()
+    return spec, port, model
 
 
 @pytest.fixture
 def compiled(stand_in, make_spec, tmp_path):
     """(spec, eager port, loaded compiled model) of the toy port; the call log starts empty after."""
-    spec = make_spec()
-    target = NxdiTarget()
-    port = target.build_port(spec, None, torch.float32)
-    out_dir = tmp_path / "artifact"
-    out_dir.mkdir()
-    model = target.load_compiled(spec, out_dir, target.compile(port, spec, out_dir))
-    stand_in.CALLS.clear()
-    return spec, port, model
+    return _compiled(stand_in, make_spec, tmp_path / "artifact")
 
 
 # -- without the stand-in: the real environment ---------------------------------------------------
@@ -143,7 +130,10 @@ def test_build_port_calls_in_order_with_cpu_mode_first(stand_in, make_spec):
     assert not any(key.startswith("_autoport") for key in port.state_dict()), "the app is no submodule"
 
 
+@pytest.mark.stand_in_value
 def test_build_port_loads_the_checkpoint(stand_in, make_spec):
+    """STAND-IN VALUE: the stand-in's own ``to_cpu()`` loads the checkpoint (the harness only names the
+    model path, asserted in test_build_port_calls_in_order); NxDI's loading is checked in tests/real_nxdi."""
     from safetensors.torch import load_file
 
     spec = make_spec()
@@ -154,7 +144,7 @@ def test_build_port_loads_the_checkpoint(stand_in, make_spec):
     assert stand_in.find("load checkpoint")[0]["missing"] == []
 
 
-def test_run_model_returns_logits_at_every_position(stand_in, make_spec):
+def test_run_model_returns_logits_at_every_position(stand_in, make_spec, causal_contract):
     target = NxdiTarget()
     port = target.build_port(make_spec(), None, torch.float32)
     ids = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6, 5, 3]])  # 10 tokens: padded to the 16 bucket inside
@@ -162,10 +152,11 @@ def test_run_model_returns_logits_at_every_position(stand_in, make_spec):
     logits = target.run_model(port, ids)
 
     assert logits.shape == (1, 10, 32) and logits.dtype == torch.float32
-    torch.testing.assert_close(logits, _toy_logits(port, ids))
+    torch.testing.assert_close(logits, toy_logits(port, ids))
     names = stand_in.names()
     assert names.index("app.reset") < names.index("app.forward")
     assert stand_in.find("app.forward")[0]["kind"] == "context_encoding"
+    causal_contract([[10]])
 
 
 def test_run_component_calls_nxdi_modules_positionally(stand_in, make_spec):
@@ -297,7 +288,7 @@ def test_failed_compile_keeps_hlo_and_logs_and_names_them(stand_in, make_spec, t
 
 # -- load and generate -------------------------------------------------------------------------------
 @pytest.mark.parametrize("batch", [1, 2])
-def test_load_and_generate_through_the_adapter_greedy(stand_in, make_spec, tmp_path, batch):
+def test_load_and_generate_through_the_adapter_greedy(stand_in, make_spec, tmp_path, batch, causal_contract):
     spec = make_spec(batch=batch)
     target = NxdiTarget()
     port = target.build_port(spec, None, torch.float32)
@@ -344,21 +335,24 @@ def test_load_and_generate_through_the_adapter_greedy(stand_in, make_spec, tmp_p
         "every new token after the first is a decode step"
     )
 
-    assert generated.tokens == [_greedy_reference(port, p, 4) for p in PROMPTS]
+    assert generated.tokens == [greedy_reference(port, p, 4) for p in PROMPTS]
+    groups = [PROMPTS[i : i + batch] for i in range(0, len(PROMPTS), batch)]
+    causal_contract([[len(p) for p in g] + [len(g[0])] * (batch - len(g)) for g in groups])
     assert generated.decode_steps == 3 * len(calls)
     assert generated.ttft_s > 0 and generated.decode_s > 0 and generated.total_s >= generated.decode_s
     assert generated.buckets_used == ["context_encoding_8", "token_generation_16"]
 
 
-def test_generate_stops_at_eos_when_asked(stand_in, compiled):
+def test_generate_stops_at_eos_when_asked(stand_in, compiled, causal_contract):
     _, port, model = compiled
-    eos = _greedy_reference(port, PROMPTS[0], 1)[0]
+    eos = greedy_reference(port, PROMPTS[0], 1)[0]
 
     generated = model.generate(PROMPTS[:1], SamplingParams(max_new_tokens=4, eos_token_id=eos))
 
     assert generated.tokens == [[eos]]
     (call,) = stand_in.find("HuggingFaceGenerationAdapter.generate")
     assert call["kwargs"]["eos_token_id"] == eos and "min_new_tokens" not in call["kwargs"]
+    causal_contract([[len(PROMPTS[0])]])
 
 
 def test_generate_kwargs_map_the_sampling_settings():
@@ -405,18 +399,26 @@ def test_prompt_too_long_for_the_sequence_is_a_clear_failure(stand_in, compiled)
         model.generate([list(range(1, 16))], SamplingParams(max_new_tokens=20))
 
 
-def test_score_is_teacher_forced_through_token_generation(stand_in, compiled):
-    _, port, model = compiled
+@pytest.mark.parametrize("batch", [1, 2])
+def test_score_is_teacher_forced_through_token_generation(
+    stand_in, make_spec, tmp_path, causal_contract, batch
+):
+    _, port, model = _compiled(stand_in, make_spec, tmp_path / "artifact", batch)
     seq = [5, 3, 7, 7, 1, 30, 2]
 
     (logits,) = model.score([seq])
 
     assert logits.shape == (len(seq), 32)
-    torch.testing.assert_close(logits, _toy_logits(port, torch.tensor([seq]))[0].float())
+    torch.testing.assert_close(logits, toy_logits(port, torch.tensor([seq]))[0].float())
     kinds = [c["kind"] for c in stand_in.find("app.forward")]
     # two tokens of context encoding (one would return a padding position), then one step per token
     assert kinds == ["context_encoding"] + ["token_generation"] * (len(seq) - 2)
     assert stand_in.names()[0] == "app.reset"
+    causal_contract([[2] * batch])
+    steps = stand_in.find("app.forward")[1:]
+    assert [c["position_ids"].tolist() for c in steps] == [[[t]] * batch for t in range(2, len(seq))]
+    assert [c["attention_mask"].shape[1] for c in steps] == list(range(2, len(seq)))
+    assert [c["input_ids"].tolist() for c in steps] == [[[token]] * batch for token in seq[2:]]
 
 
 # -- the stand-in raising at each step ----------------------------------------------------------------

@@ -5,11 +5,14 @@ parity) against the stand-in NxDI: positions 0 and 1 come from the two-token con
 from __future__ import annotations
 
 import torch
+from causal_reference import toy_logits
 
 from pytest_autoport.targets.nxdi import NxdiTarget, nxdi_bucket
 
 
-def test_decode_teacher_forced_feeds_the_continuation_through_token_generation(stand_in, make_spec, tmp_path):
+def test_decode_teacher_forced_feeds_the_continuation_through_token_generation(
+    stand_in, make_spec, tmp_path, causal_contract
+):
     spec = make_spec()
     target = NxdiTarget()
     port = target.build_port(spec, None, torch.float32)
@@ -18,7 +21,12 @@ def test_decode_teacher_forced_feeds_the_continuation_through_token_generation(s
     model = target.load_compiled(spec, out_dir, target.compile(port, spec, out_dir))
     prompts, golden = [[5, 3, 7], [2]], [[7, 1, 30], [4, 9]]
 
+    stand_in.CALLS.clear()
     out = model.decode_teacher_forced(prompts, golden)
+
+    causal_contract([[2], [2]])
+    reference = toy_logits(port, torch.tensor([prompts[0] + golden[0]]))[0]
+    torch.testing.assert_close(out.logits[0], reference[2:5])
 
     scored = model.score([p + g for p, g in zip(prompts, golden)])
     torch.testing.assert_close(out.logits[0], scored[0][2:5])

@@ -27,7 +27,7 @@ from ..base import CompileResult
 from . import weights as nxdi_weights
 from .config import app_buckets, inference_config, neuron_config_kwargs, nxdi_bucket
 from .device import cc_flags, compile_app, component_on_device, debug_files, load_app
-from .generation import NxdiCompiledModel, generate_kwargs, nxdi_top_k
+from .generation import NxdiCompiledModel, context_inputs, generate_kwargs, nxdi_top_k
 from .runtime import NXDI, enter_cpu_mode, environ, nxdi, release_process_group, step
 
 __all__ = [
@@ -216,12 +216,7 @@ class NxdiTarget:
         try:
             with step("context-encoding forward (reset(), then forward from position 0)"):
                 app.reset()
-                app(
-                    input_ids=input_ids,
-                    attention_mask=torch.ones_like(input_ids),
-                    position_ids=torch.arange(length).expand(batch, length),
-                    seq_ids=torch.arange(batch),
-                )
+                app(**context_inputs(input_ids))
         finally:
             handle.remove()
         if not seen:

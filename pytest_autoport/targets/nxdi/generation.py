@@ -67,6 +67,41 @@ def sampling_setup(params: SamplingParams, vocab_size: int):
     return values, sampler
 
 
+def right_padded(rows: list[list[int]], length: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) [len(rows), length] of a prompt batch, padded on the right (NxDI's
+    default ``padding_side``): each row's tokens from column 0, mask ones over them alone."""
+    input_ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(input_ids)
+    for i, row in enumerate(rows):
+        input_ids[i, : len(row)] = torch.tensor(row)
+        mask[i, : len(row)] = 1
+    return input_ids, mask
+
+
+def context_inputs(ids: torch.Tensor) -> dict:
+    """``forward`` arguments of a context encoding of unpadded rows ``ids`` [batch, n]: positions
+    0..n-1, a mask of ones over all n, one KV-cache line per row (seq ids 0..batch-1)."""
+    batch, length = ids.shape
+    return {
+        "input_ids": ids,
+        "attention_mask": torch.ones(batch, length, dtype=torch.long),
+        "position_ids": torch.arange(length).expand(batch, length),
+        "seq_ids": torch.arange(batch),
+    }
+
+
+def token_generation_inputs(ids: torch.Tensor, t: int) -> dict:
+    """``forward`` arguments of the token-generation step that feeds column ``t`` of ``ids``: that one
+    token at position t, after t cached positions (the adapter's mask: t ones at position t)."""
+    batch = ids.shape[0]
+    return {
+        "input_ids": ids[:, t : t + 1],
+        "attention_mask": torch.ones(batch, t, dtype=torch.long),
+        "position_ids": torch.full((batch, 1), t),
+        "seq_ids": torch.arange(batch),
+    }
+
+
 class NxdiCompiledModel:
     """A NxDI application ready to generate: loaded on device, or the CPU-mode application.
 
@@ -138,11 +173,7 @@ class NxdiCompiledModel:
                     f"prompt ({longest} tokens) + {new} new tokens exceeds port.max_seq_len ({p.max_seq_len})"
                 )
             self._check_context_length(longest)
-            input_ids = torch.full((p.batch_size, longest), self.pad_id, dtype=torch.long)
-            mask = torch.zeros_like(input_ids)
-            for i, row in enumerate(rows):  # right padding, NxDI's default padding_side
-                input_ids[i, : len(row)] = torch.tensor(row)
-                mask[i, : len(row)] = 1
+            input_ids, mask = right_padded(rows, longest, self.pad_id)
             if not params.greedy:
                 torch.manual_seed(params.seed)
             self.adapter.sampler = sampler  # None: the adapter makes its own (greedy) one
@@ -202,12 +233,7 @@ class NxdiCompiledModel:
                 if prefix == 2:
                     logits.append(result.logits[0, -1].float())
                 for t in range(2, len(seq)):
-                    result = self.app.forward(
-                        input_ids=ids[:, t : t + 1],
-                        attention_mask=torch.ones(batch, t, dtype=torch.long),
-                        position_ids=torch.full((batch, 1), t),
-                        seq_ids=torch.arange(batch),
-                    )
+                    result = self.app.forward(**token_generation_inputs(ids, t))
                     logits.append(result.logits[0, -1].float())
             out.append(torch.stack(logits))
         return out
@@ -238,17 +264,11 @@ class NxdiCompiledModel:
         return model if isinstance(model, torch.nn.Module) and hasattr(model, "norm") else None
 
     def _context_encoding(self, ids: torch.Tensor):
-        batch, length = ids.shape
         seen: list = []
         model = self._eager_model()
         handle = model.norm.register_forward_hook(lambda m, a, o: seen.append(o)) if model else None
         try:
-            result = self.app.forward(
-                input_ids=ids,
-                attention_mask=torch.ones(batch, length, dtype=torch.long),
-                position_ids=torch.arange(length).expand(batch, length),
-                seq_ids=torch.arange(batch),
-            )
+            result = self.app.forward(**context_inputs(ids))
         finally:
             if handle is not None:
                 handle.remove()

@@ -8,6 +8,12 @@ there, then ``model.pt``; ``to_cpu()`` and ``load()`` load ``model.safetensors``
 the context bucket and returns only the logits of the
 largest position id. The "compiled" model is the same eager toy model: nothing is compiled.
 
+The toy model is a causal LM: each token gets a signal of its position id and adds the mean of
+the states it may see, kept in a KV cache per seq id as NxDI keeps it (context encoding writes
+slots 0..n-1 and is causal, ignoring the mask with right padding; token generation writes slot
+``position_ids`` and reads the cached slots where the mask is 1, plus itself). So wrong positions,
+masks or padding change the logits, as they would on NxDI. ``forward`` records every argument.
+
 Behaviour copied from real NxDI 0.9 (seen running it in CPU mode): the bucket is the first one
 strictly longer than the attention mask (or the largest when the input fills it exactly);
 context-encoding padding gets position id 1, so a one-token context encoding returns a padding
@@ -48,12 +54,47 @@ class NeuronBaseModel(nn.Module):
 
     def forward(self, input_ids, attention_mask, position_ids, seq_ids, sampling_params=None):
         hidden = self.embed_tokens(input_ids)
+        hidden = hidden + position_signal(position_ids, self.config.hidden_size).to(hidden.dtype)
+        hidden = self._attend(hidden, attention_mask, position_ids, seq_ids)
         for layer in self.layers:
             hidden = layer(hidden, attention_mask, position_ids)[0]
         hidden = self.norm(hidden)
         last = torch.max(position_ids, dim=1).indices  # as NxDI: the largest position id
         hidden = hidden[torch.arange(hidden.shape[0]), last][:, None]
         return self.lm_head(hidden).float()
+
+    def _attend(self, hidden, attention_mask, position_ids, seq_ids):
+        """The toy attention: each position adds the mean of the states it may see, read through a
+        KV cache kept as NxDI keeps it (one line per seq id, slot = position).
+
+        Context encoding (more than one token) writes slots 0..n-1 and is causal; with right
+        padding it ignores the mask, as NxDI's ``_create_context_attn_mask`` does. Token generation
+        writes slot ``position_ids`` and sees the cached slots where the mask is 1 (the mask is
+        read over the cache, NxDI's ``_create_simple_attn_mask``) plus the active token."""
+        nc = self.neuron_config
+        if getattr(self, "_kv_cache", None) is None:
+            self._kv_cache = torch.zeros(nc.batch_size, nc.seq_len, hidden.shape[-1], dtype=hidden.dtype)
+        cache = self._kv_cache
+        batch, length = hidden.shape[:2]
+        if length > 1:
+            visible = torch.ones(length, length, dtype=torch.bool).tril().expand(batch, length, length)
+            if nc.padding_side != "right":
+                visible = visible & attention_mask[:, None, :].bool()
+            context = visible.to(hidden.dtype) @ hidden / visible.sum(-1, keepdim=True).clamp(min=1)
+            cache[seq_ids, :length] = hidden.detach()
+            return hidden + context
+        mask = nn.functional.pad(attention_mask, (0, nc.seq_len - attention_mask.shape[1])).to(hidden.dtype)
+        past = cache[seq_ids]
+        context = (mask[:, :, None] * past).sum(1, keepdim=True) + hidden
+        context = context / (mask.sum(1) + 1)[:, None, None]
+        cache[seq_ids, position_ids[:, 0]] = hidden[:, 0].detach()
+        return hidden + context
+
+
+def position_signal(position_ids, size):
+    """A fixed, parameter-free signal of each position (what rotary embeddings are to a real model)."""
+    frequencies = torch.arange(1, size + 1, dtype=torch.float32) * 0.37
+    return 0.5 * torch.sin((position_ids[..., None].float() + 1) * frequencies)
 
 
 def _target_bucket(length, buckets):
@@ -85,6 +126,7 @@ class NeuronBaseForCausalLM(nn.Module):
         self.neuron_config = config.neuron_config
         self.model_path = str(model_path)
         self.on_cpu = False
+        self.kv_cache_populated = False
         self.context_encoding_model = ModelWrapper("context_encoding_model", self._model_cls, config)
         self.token_generation_model = ModelWrapper("token_generation_model", self._model_cls, config)
         self.models = [self.context_encoding_model, self.token_generation_model]
@@ -151,12 +193,32 @@ class NeuronBaseForCausalLM(nn.Module):
 
     def reset(self):
         _standin_log.record("app.reset")
+        self.kv_cache_populated = False
 
-    def forward(self, input_ids=None, seq_ids=None, attention_mask=None, position_ids=None, **kwargs):
+    def forward(
+        self,
+        input_ids=None,
+        seq_ids=None,
+        attention_mask=None,
+        position_ids=None,
+        sampling_params=None,
+        **kwargs,
+    ):
         kind = "context_encoding" if int(position_ids.min()) == 0 else "token_generation"
-        _standin_log.record("app.forward", kind=kind, shape=tuple(input_ids.shape))
+        _standin_log.record(
+            "app.forward",
+            kind=kind,
+            shape=tuple(input_ids.shape),
+            input_ids=input_ids.clone(),
+            attention_mask=None if attention_mask is None else attention_mask.clone(),
+            position_ids=position_ids.clone(),
+            seq_ids=None if seq_ids is None else seq_ids.clone(),
+            sampling_params=None if sampling_params is None else sampling_params.clone(),
+        )
         batch, length = input_ids.shape
         size = self.neuron_config.batch_size
+        if seq_ids is None:  # as NxDI
+            seq_ids = torch.arange(batch)
         if kind == "context_encoding":
             nc = self.neuron_config
             buckets = nc.context_encoding_buckets or [nc.max_context_length or nc.seq_len]
@@ -175,6 +237,8 @@ class NeuronBaseForCausalLM(nn.Module):
             input_ids, attention_mask, position_ids = (
                 torch.cat([t, t[:1].expand(fill, -1)]) for t in (input_ids, attention_mask, position_ids)
             )
+            seq_ids = torch.cat([seq_ids, seq_ids[:1].expand(fill)])
         model = self.context_encoding_model.model
-        logits = model(input_ids, attention_mask, position_ids, torch.arange(size))
+        logits = model(input_ids, attention_mask, position_ids, seq_ids)
+        self.kv_cache_populated = True
         return CausalLMOutput(logits=logits[:batch])

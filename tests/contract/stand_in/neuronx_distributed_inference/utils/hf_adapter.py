@@ -3,8 +3,10 @@
 ``load_pretrained_config(path)`` returns a hook that copies config.json's attributes onto the
 InferenceConfig. ``HuggingFaceGenerationAdapter`` takes ``model.forward`` when it is built (as the real
 one does), resets the model, runs context encoding once from position 0 and then one
-token-generation step per new token, with an attention mask of length t at position t (as the real
-one: it grows the context's mask by one after each token-generation step). It honours ``do_sample`` (temperature only), ``eos_token_id``
+token-generation step per new token, at the position after the mask's last one, the context's mask
+growing by a one at its front after each token-generation step (as the real one with right padding:
+at position t the mask has ones over cache slots 0..t-1). Every forward gets ``sampling_params``
+[batch, 3] (top_k, top_p, temperature). It honours ``do_sample`` (temperature only), ``eos_token_id``
 (rows stop, then get ``pad_token_id``) and ``suppress_tokens``. With ``OPTIONS["refeed"]`` it falls
 into the trap the real adapter avoids: it re-feeds the whole sequence from position 0 at every step.
 """
@@ -52,29 +54,44 @@ class HuggingFaceGenerationAdapter:
         )
         self.neuron_model.reset()
         eos, pad = kwargs.get("eos_token_id"), kwargs.get("pad_token_id", 0)
-        lengths = attention_mask.sum(dim=1)
-        positions = (attention_mask.cumsum(dim=1) - 1).clamp(min=0) * attention_mask
+        batch = input_ids.shape[0]
+        sampling_params = torch.tensor(  # as the real adapter: from the generation config, every call
+            [[kwargs.get("top_k", 50), kwargs.get("top_p", 1.0), kwargs.get("temperature", 1.0)]] * batch
+        )
+        positions = attention_mask.long().cumsum(-1) - 1
+        positions.masked_fill_(attention_mask == 0, 1)
         logits = self.forward(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=positions
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=positions,
+            sampling_params=sampling_params,
         ).logits
         new = [self._pick(logits, kwargs)]
         done = new[0] == eos if eos is not None else torch.zeros_like(new[0], dtype=torch.bool)
-        for step in range(1, kwargs["max_new_tokens"]):
+        mask = attention_mask
+        for _ in range(1, kwargs["max_new_tokens"]):
             if bool(done.all()):
                 break
             if _standin_log.OPTIONS.get("refeed"):
                 ids = torch.cat([input_ids, torch.stack(new, dim=1)], dim=1)
                 pos = torch.arange(ids.shape[1]).expand_as(ids)
                 logits = self.forward(
-                    input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=pos
+                    input_ids=ids,
+                    attention_mask=torch.ones_like(ids),
+                    position_ids=pos,
+                    sampling_params=sampling_params,
                 ).logits
             else:
-                pos = (lengths + step - 1)[:, None]
-                # as the real adapter: at position t the mask has t entries
-                mask = torch.ones(input_ids.shape[0], int(pos.max()), dtype=attention_mask.dtype)
+                # as the real adapter (padding_side "right"): the position after the mask's last
+                # one; after each token-generation step the mask gains a one at its front
+                pos = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1).amax(1, keepdim=True) + 1
                 logits = self.forward(
-                    input_ids=new[-1][:, None], attention_mask=mask, position_ids=pos
+                    input_ids=new[-1][:, None],
+                    attention_mask=mask,
+                    position_ids=pos,
+                    sampling_params=sampling_params,
                 ).logits
+                mask = torch.cat([mask.new_ones(mask.shape[0], 1), mask], dim=1)
             token = torch.where(done, torch.full_like(new[-1], pad), self._pick(logits, kwargs))
             new.append(token)
             if eos is not None:
