@@ -191,30 +191,12 @@ class PortProject:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _heavy_modules_loaded(tmp_path_factory):
-    """Import, once per test process, the modules that must never be imported twice: torch.export's
-    lazy modules (torch cannot register their operators again) and the transformers classes of every
-    bundled spec (a second import makes new classes that fail the first ones' isinstance checks).
-    ``pytester`` restores ``sys.modules`` after each test, and the contract tests' stand-in does too,
-    so anything first imported inside such a test would be dropped and imported again later."""
-    import torch
-    import transformers
-
-    from pytest_autoport.spec import load_spec
-
-    class Tiny(torch.nn.Module):
-        def forward(self, x):
-            return x + 1
-
-    path = tmp_path_factory.mktemp("export") / "tiny.pt2"
-    torch.export.save(torch.export.export(Tiny(), (torch.ones(1),)), path)
-    torch.export.load(path).module()(torch.ones(1))
-
-    for spec_file in sorted((REPO / "port_specs").glob("*.toml")):
-        spec = load_spec(spec_file, REPO, check_imports=False)
-        getattr(transformers, spec.model.hf_model_class)
-        transformers.AutoConfig.for_model(spec.tiny["model_type"])
-    transformers.PreTrainedTokenizerFast, transformers.AutoTokenizer  # noqa: B018
+def _heavy_modules_loaded():
+    """Import, once per test process, the modules that must never be imported twice
+    (``forked_pytest.import_model_modules``): ``pytester`` restores ``sys.modules`` after each test,
+    and the contract tests' stand-in does too, so anything first imported inside such a test would be
+    dropped and imported again later."""
+    forked_pytest.import_model_modules()
 
 
 @pytest.fixture

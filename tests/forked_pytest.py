@@ -19,12 +19,45 @@ import multiprocessing.forkserver
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
 PRELOADED = ["fork_server_preload"]
+REPO = Path(__file__).resolve().parents[1]
+
+
+def import_model_modules(specs: Path = REPO / "port_specs") -> None:
+    """Import torch.export's lazy modules, the transformers classes of every spec in port_specs/ and
+    the tokenizer classes: what every verdict imports, and what must never be imported twice in one
+    process (torch cannot register export's operators again; a second import of a transformers module
+    makes classes that fail the first ones' isinstance checks). A spec that does not load is left out."""
+    import torch
+    import transformers
+
+    from pytest_autoport.spec import SpecError, load_spec
+
+    class Tiny(torch.nn.Module):
+        def forward(self, x):
+            return x + 1
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "tiny.pt2"
+        torch.export.save(torch.export.export(Tiny(), (torch.ones(1),)), path)
+        torch.export.load(path).module()(torch.ones(1))
+
+    for spec_file in sorted(specs.glob("*.toml")):
+        try:
+            spec = load_spec(spec_file, specs.parent, check_imports=False)
+        except SpecError:
+            continue
+        getattr(transformers, spec.model.hf_model_class, None)
+        if spec.tiny.get("model_type"):
+            transformers.AutoConfig.for_model(spec.tiny["model_type"])
+    transformers.PreTrainedTokenizerFast, transformers.AutoTokenizer  # noqa: B018
+    import safetensors.torch  # noqa: F401
 
 
 def _fresh_interpreter_path() -> list[str]:
@@ -97,7 +130,9 @@ def runpytest(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
 
     context = _fork_server()
     basetemp = make_numbered_dir(root=pytester.path, prefix="runpytest-", mode=0o700)
-    argv = [f"--basetemp={basetemp}", *map(str, args)]
+    # a plugin module the server imported (anyio's, through transformers) cannot be assertion-rewritten
+    quiet = ["-W", "ignore::pytest.PytestAssertRewriteWarning"]
+    argv = [f"--basetemp={basetemp}", *quiet, *map(str, args)]
     for plugin in pytester.plugins:
         if not isinstance(plugin, str):
             raise ValueError(f"plugins of a forked run are named, not objects: {plugin}")
