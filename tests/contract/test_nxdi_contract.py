@@ -40,19 +40,6 @@ def _greedy_reference(port, prompt: list[int], new: int) -> list[int]:
     return tokens
 
 
-@pytest.fixture
-def compiled(stand_in, make_spec, tmp_path):
-    """(spec, eager port, loaded compiled model) of the toy port; the call log starts empty after."""
-    spec = make_spec()
-    target = NxdiTarget()
-    port = target.build_port(spec, None, torch.float32)
-    out_dir = tmp_path / "artifact"
-    out_dir.mkdir()
-    model = target.load_compiled(spec, out_dir, target.compile(port, spec, out_dir))
-    stand_in.CALLS.clear()
-    return spec, port, model
-
-
 # -- without the stand-in: the real environment ---------------------------------------------------
 def test_unavailable_without_the_sdk():
     if importlib.util.find_spec("neuronx_distributed_inference") is not None:
