@@ -9,42 +9,34 @@ from pathlib import Path
 
 from .errors import AutoportError
 
-# HF module class name fragment -> (harness block for the torch target, NxD Inference module)
+_RMSNORM = "modules.custom_calls.CustomRMSNorm"
+_ROTARY = "modules.attention.utils.RotaryEmbedding"
+_MOE = "modules.moe_v2.initialize_moe_module"
+# HF module class name fragment -> (harness block for the torch target, NxD Inference module); the first
+# fragment the class name contains wins
 BLOCKS = (
-    ("GemmaRMSNorm", "pytest_autoport.blocks.gemma_norm.GemmaRMSNorm", "modules.custom_calls.CustomRMSNorm"),
-    ("Gemma3RMSNorm", "pytest_autoport.blocks.gemma_norm.GemmaRMSNorm", "modules.custom_calls.CustomRMSNorm"),
-    ("RMSNorm", "pytest_autoport.blocks.norms.RMSNorm", "modules.custom_calls.CustomRMSNorm"),
-    ("T5LayerNorm", "pytest_autoport.blocks.norms.RMSNorm", "modules.custom_calls.CustomRMSNorm"),
+    ("GemmaRMSNorm", "pytest_autoport.blocks.gemma_norm.GemmaRMSNorm", _RMSNORM),
+    ("Gemma3RMSNorm", "pytest_autoport.blocks.gemma_norm.GemmaRMSNorm", _RMSNORM),
+    ("RMSNorm", "pytest_autoport.blocks.norms.RMSNorm", _RMSNORM),
+    ("T5LayerNorm", "pytest_autoport.blocks.norms.RMSNorm", _RMSNORM),
     ("LayerNorm", "torch.nn.LayerNorm", "torch.nn.LayerNorm"),
-    (
-        "YarnRotary",
-        "pytest_autoport.blocks.yarn.YarnRotaryEmbedding",
-        "modules.attention.utils.RotaryEmbedding",
-    ),
-    (
-        "RotaryEmbedding",
-        "pytest_autoport.blocks.rope.RotaryEmbedding",
-        "modules.attention.utils.RotaryEmbedding",
-    ),
+    ("YarnRotary", "pytest_autoport.blocks.yarn.YarnRotaryEmbedding", _ROTARY),
+    ("RotaryEmbedding", "pytest_autoport.blocks.rope.RotaryEmbedding", _ROTARY),
     (
         "Attention",
         "pytest_autoport.blocks.decoder.attend + blocks.attention.KVCache",
         "modules.attention.attention_base.NeuronAttentionBase",
     ),
-    ("SparseMoe", "pytest_autoport.blocks.moe.SparseMoeBlock", "modules.moe_v2.initialize_moe_module"),
-    ("MoE", "pytest_autoport.blocks.moe.SparseMoeBlock", "modules.moe_v2.initialize_moe_module"),
-    ("Experts", "pytest_autoport.blocks.moe.MoEExperts", "modules.moe_v2.initialize_moe_module"),
+    ("SparseMoe", "pytest_autoport.blocks.moe.SparseMoeBlock", _MOE),
+    ("MoE", "pytest_autoport.blocks.moe.SparseMoeBlock", _MOE),
+    ("Experts", "pytest_autoport.blocks.moe.MoEExperts", _MOE),
     (
         "MLP",
         "pytest_autoport.blocks.decoder.SwiGLUMLP",
         "parallel_layers.ColumnParallelLinear / RowParallelLinear",
     ),
     ("DecoderLayer", "pytest_autoport.blocks.decoder.DecoderLayer", "your NeuronDecoderLayer (nn.Module)"),
-    (
-        "Router",
-        "pytest_autoport.blocks.moe.SparseMoeBlock (its router)",
-        "modules.moe_v2.initialize_moe_module",
-    ),
+    ("Router", "pytest_autoport.blocks.moe.SparseMoeBlock (its router)", _MOE),
     ("Embedding", "torch.nn.Embedding", "parallel_layers.ParallelEmbedding"),
     ("Model", "pytest_autoport.blocks.decoder.DecoderModel", "models.model_base.NeuronBaseModel"),
 )

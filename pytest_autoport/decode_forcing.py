@@ -8,14 +8,11 @@ every step's logits are kept, to be compared with the reference's logits at the 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from .buckets import smallest_fitting
-from .errors import StageFailure
-from .generation import DecoderContextGraph, EncoderGraph, Graph, Prefill, decoder_prefill, seq2seq_prefill
+from .generation import StaticGraphs, fill_static_batch, token_bucket
 
 
 @dataclass
@@ -33,69 +30,31 @@ class DecodeLogits:
 
 
 def decode_teacher_forced(
-    prompts: list[list[int]],
-    continuations: list[list[int]],
-    *,
-    context_graphs: dict[int, Graph],
-    token_graphs: dict[int, Graph],
-    reset_cache: Callable[[], None],
-    batch_size: int,
-    max_seq_len: int,
-    pad_id: int = 0,
+    prompts: list[list[int]], continuations: list[list[int]], graphs: StaticGraphs
 ) -> DecodeLogits:
-    """Decoder-only: context-encode each prompt, then feed its continuation one token at a time through
-    the token-generation graphs (crossing buckets as generation does), keeping every step's logits."""
-    longest = max((len(c) for c in continuations), default=0)
-    prefill = decoder_prefill(context_graphs, batch_size, max_seq_len, longest, pad_id, set())
-    return _forced_in_batches(prompts, continuations, prefill, token_graphs, reset_cache, batch_size)
-
-
-def decode_teacher_forced_seq2seq(
-    sources: list[list[int]],
-    continuations: list[list[int]],
-    *,
-    encoder_graphs: dict[int, EncoderGraph],
-    context_graphs: dict[int, DecoderContextGraph],
-    token_graphs: dict[int, Graph],
-    reset_cache: Callable[[], None],
-    batch_size: int,
-    max_seq_len: int,
-    decoder_start_id: int,
-    pad_id: int = 0,
-) -> DecodeLogits:
-    """Encoder-decoder: encode each source, context-encode the decoder start token, then feed the
-    continuation one token at a time through the decoder's token-generation graphs."""
-    longest = max((len(c) for c in continuations), default=0)
-    prefill = seq2seq_prefill(
-        encoder_graphs, context_graphs, batch_size, max_seq_len, longest, decoder_start_id, pad_id, set()
-    )
-    return _forced_in_batches(sources, continuations, prefill, token_graphs, reset_cache, batch_size)
-
-
-def _forced_in_batches(prompts, continuations, prefill: Prefill, token_graphs, reset_cache, batch_size):
+    """Context-encode each prompt (encoder-decoder: encode each source, then context-encode the decoder
+    start token), then feed its continuation one token at a time through the token-generation graphs
+    (crossing buckets as generation does), keeping every step's logits."""
     if len(prompts) != len(continuations):
         raise ValueError(f"{len(prompts)} prompts but {len(continuations)} continuations")
-    buckets = sorted(token_graphs)
+    longest = max((len(c) for c in continuations), default=0)
+    prefill = graphs.prefill(longest, set())
+    buckets = sorted(graphs.token)
+    batch_size = graphs.batch_size
     out = DecodeLogits([], [], [])
     for first in range(0, len(prompts), batch_size):
         group = prompts[first : first + batch_size]
         conts = continuations[first : first + batch_size]
         steps = max(len(c) for c in conts)
         # the rows that fill the static batch repeat the first row; short continuations are padded
-        fed = torch.tensor(
-            [(c + [0] * steps)[:steps] for c in conts + [conts[0]] * (batch_size - len(conts))]
-        )
-        reset_cache()
+        fed = torch.tensor([(c + [0] * steps)[:steps] for c in fill_static_batch(conts, batch_size)])
+        graphs.reset_cache()
         logits, start, graph = prefill(group)
         per_step, names = [logits], [graph]
         for step in range(1, steps):
             position = (start + step - 1)[:, None]
-            reach = smallest_fitting(int(position.max()) + 1, buckets)
-            if reach is None:
-                raise StageFailure(
-                    f"decode position {int(position.max())} is beyond the largest token-generation bucket ({buckets[-1]})"
-                )
-            per_step.append(token_graphs[reach](fed[:, step - 1 : step], position)[:, -1])
+            reach = token_bucket(position, buckets)
+            per_step.append(graphs.token[reach](fed[:, step - 1 : step], position)[:, -1])
             names.append(f"token_generation_{reach}")
         stacked = torch.stack(per_step, dim=1).float()
         for i, cont in enumerate(conts):

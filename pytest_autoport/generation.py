@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -20,6 +20,34 @@ from .targets.base import GenerationResult
 Graph = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (input_ids, position_ids) -> logits
 # one static batch of prompts -> (next-token logits [batch, vocab], first new position [batch], graph name)
 Prefill = Callable[[list[list[int]]], tuple[torch.Tensor, torch.Tensor, str]]
+EncoderGraph = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (input_ids, attention_mask) -> hidden
+# (decoder_input_ids, position_ids, encoder_hidden, encoder_mask) -> logits; fills the cross-attention cache
+DecoderContextGraph = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class StaticGraphs:
+    """A target's static-shape graphs by bucket, and what every run over them needs.
+
+    With ``encoder`` graphs the port is an encoder-decoder: ``context`` are then the decoder's
+    context-encoding graphs (they take the encoder output and fill the cross-attention cache) and
+    decoding starts from ``decoder_start_id``."""
+
+    context: dict[int, Graph] | dict[int, DecoderContextGraph]
+    reset_cache: Callable[[], None]
+    batch_size: int
+    max_seq_len: int
+    token: dict[int, Graph] = field(default_factory=dict)
+    pad_id: int = 0
+    encoder: dict[int, EncoderGraph] | None = None
+    decoder_start_id: int = 0
+
+    def prefill(self, max_new_tokens: int, used: set[str]) -> Prefill:
+        """Context encoding of one static batch, room left for ``max_new_tokens``; adds the graphs it
+        runs to ``used``."""
+        if self.encoder is None:
+            return decoder_prefill(self, max_new_tokens, used)
+        return seq2seq_prefill(self, max_new_tokens, used)
 
 
 @dataclass(frozen=True)
@@ -56,35 +84,49 @@ def choose_next(logits: torch.Tensor, params: SamplingParams, generator: torch.G
     return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
 
 
-def generate(
-    prompts: list[list[int]],
-    params: SamplingParams,
-    *,
-    context_graphs: dict[int, Graph],
-    token_graphs: dict[int, Graph],
-    reset_cache: Callable[[], None],
-    batch_size: int,
-    max_seq_len: int,
-    pad_id: int = 0,
-) -> GenerationResult:
+def generate(prompts: list[list[int]], params: SamplingParams, graphs: StaticGraphs) -> GenerationResult:
+    """Context encoding of each static batch of prompts, then one token-generation step per new token
+    through the KV cache (encoder-decoder: the encoder first, then the decoder from its start token)."""
     used: set[str] = set()
-    prefill = decoder_prefill(context_graphs, batch_size, max_seq_len, params.max_new_tokens, pad_id, used)
-    return _generate_in_batches(prompts, params, prefill, token_graphs, reset_cache, batch_size, used)
+    prefill = graphs.prefill(params.max_new_tokens, used)
+    return _generate_in_batches(prompts, params, prefill, graphs, used)
 
 
-def decoder_prefill(context_graphs, batch_size, max_seq_len, max_new_tokens, pad_id, used):
+def fill_static_batch(group: list, batch_size: int) -> list:
+    """``group`` padded to the static batch by repeating its first row."""
+    return group + [group[0]] * (batch_size - len(group))
+
+
+def check_room(longest: int, max_new_tokens: int, max_seq_len: int) -> None:
+    if longest + max_new_tokens > max_seq_len:
+        raise StageFailure(
+            f"prompt ({longest} tokens) + {max_new_tokens} new tokens exceeds port.max_seq_len ({max_seq_len})"
+        )
+
+
+def positions_of(batch_size: int, length: int) -> torch.Tensor:
+    return torch.arange(length).expand(batch_size, length).contiguous()
+
+
+def padded_ids(rows: list[list[int]], batch_size: int, length: int, pad_id: int) -> torch.Tensor:
+    """[batch_size, length] ids, each row right-padded with ``pad_id`` (``rows`` fill the first rows)."""
+    input_ids = torch.full((batch_size, length), pad_id, dtype=torch.long)
+    for i, row in enumerate(rows):
+        input_ids[i, : len(row)] = torch.tensor(row)
+    return input_ids
+
+
+def decoder_prefill(graphs: StaticGraphs, max_new_tokens: int, used: set[str]) -> Prefill:
     """Decoder-only prefill: the prompts of one static batch, right-padded to the smallest context
     bucket that holds the longest; returns (next-token logits [batch, vocab], lengths [batch], graph)."""
-    context_buckets = sorted(context_graphs)
+    context_buckets = sorted(graphs.context)
+    batch_size = graphs.batch_size
 
     def prefill(group: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, str]:
-        rows = group + [group[0]] * (batch_size - len(group))  # fill the static batch
+        rows = fill_static_batch(group, batch_size)
         lengths = torch.tensor([len(r) for r in rows])
         longest = int(lengths.max())
-        if longest + max_new_tokens > max_seq_len:
-            raise StageFailure(
-                f"prompt ({longest} tokens) + {max_new_tokens} new tokens exceeds port.max_seq_len ({max_seq_len})"
-            )
+        check_room(longest, max_new_tokens, graphs.max_seq_len)
         bucket = smallest_fitting(longest, context_buckets)
         if bucket is None:
             raise StageFailure(
@@ -93,11 +135,9 @@ def decoder_prefill(context_graphs, batch_size, max_seq_len, max_new_tokens, pad
             )
         graph = f"context_encoding_{bucket}"
         used.add(graph)
-        input_ids = torch.full((batch_size, bucket), pad_id, dtype=torch.long)
-        for i, row in enumerate(rows):
-            input_ids[i, : len(row)] = torch.tensor(row)
-        positions = torch.arange(bucket).expand(batch_size, bucket).contiguous()
-        logits = context_graphs[bucket](input_ids, positions)[torch.arange(batch_size), lengths - 1]
+        input_ids = padded_ids(rows, batch_size, bucket, graphs.pad_id)
+        logits = graphs.context[bucket](input_ids, positions_of(batch_size, bucket))
+        logits = logits[torch.arange(batch_size), lengths - 1]
         check_finite(logits, f"of context encoding (bucket {bucket})", lengths - 1)
         return logits, lengths, graph
 
@@ -105,27 +145,28 @@ def decoder_prefill(context_graphs, batch_size, max_seq_len, max_new_tokens, pad
 
 
 def score(
-    sequences: list[list[int]],
-    *,
-    context_graphs: dict[int, Graph],
-    reset_cache: Callable[[], None],
-    batch_size: int,
-    pad_id: int = 0,
+    sequences: list[list[int]], graphs: StaticGraphs, sources: list[list[int]] | None = None
 ) -> list[torch.Tensor]:
-    """Teacher forcing: logits [len, vocab] of each whole sequence, from one context-encoding pass."""
-    buckets = sorted(context_graphs)
+    """Teacher forcing: logits [len, vocab] of each whole sequence, from one context-encoding pass
+    (encoder-decoder: each decoder sequence, start token first, given its encoder input in ``sources``,
+    after one encoder pass)."""
+    buckets = sorted(graphs.context)
+    batch_size = graphs.batch_size
+    what = "a scored sequence" if graphs.encoder is None else "a scored decoder sequence"
+    pairs = zip(sources, sequences) if graphs.encoder is not None else ((None, seq) for seq in sequences)
     out = []
-    for seq in sequences:
+    for source, seq in pairs:
         bucket = smallest_fitting(len(seq), buckets)
         if bucket is None:
             raise StageFailure(
-                f"a scored sequence of {len(seq)} tokens does not fit the largest context bucket ({buckets[-1]})"
+                f"{what} of {len(seq)} tokens does not fit the largest context bucket ({buckets[-1]})"
             )
-        input_ids = torch.full((batch_size, bucket), pad_id, dtype=torch.long)
-        input_ids[:, : len(seq)] = torch.tensor(seq)
-        positions = torch.arange(bucket).expand(batch_size, bucket).contiguous()
-        reset_cache()
-        out.append(context_graphs[bucket](input_ids, positions)[0, : len(seq)].float())
+        graphs.reset_cache()
+        input_ids = padded_ids([seq] * batch_size, batch_size, bucket, graphs.pad_id)
+        args = (input_ids, positions_of(batch_size, bucket))
+        if source is not None:
+            args += encode_sources([source], graphs)[:2]
+        out.append(graphs.context[bucket](*args)[0, : len(seq)].float())
     return out
 
 
@@ -133,40 +174,49 @@ def _generate_in_batches(
     prompts: list[list[int]],
     params: SamplingParams,
     prefill: Prefill,
-    token_graphs: dict[int, Graph],
-    reset_cache: Callable[[], None],
-    batch_size: int,
+    graphs: StaticGraphs,
     used: set[str],
 ) -> GenerationResult:
     """One static batch of prompts at a time: ``prefill(group)`` runs context encoding on a fresh cache
     and returns each row's next-token logits [batch, vocab], the position its first new token is
     written at [batch] and the graph it ran; token generation follows. Times the first batch's first token and all decoding."""
     generator = torch.Generator().manual_seed(params.seed)
-    tokens: list[list[int]] = []
-    ttft = decode_s = 0.0
-    steps = 0
-    start = time.perf_counter()
-    for first in range(0, len(prompts), batch_size):
-        group = prompts[first : first + batch_size]
-        reset_cache()
+    tally = GenerationTally()
+    for first in range(0, len(prompts), graphs.batch_size):
+        group = prompts[first : first + graphs.batch_size]
+        graphs.reset_cache()
         t0 = time.perf_counter()
         logits, positions, _ = prefill(group)
         next_ids = choose_next(logits, params, generator)
         if first == 0:
-            ttft = time.perf_counter() - t0
+            tally.ttft_s = time.perf_counter() - t0
         t1 = time.perf_counter()
-        out, taken = _decode(next_ids, positions, params, generator, token_graphs, used)
-        steps += taken
-        decode_s += time.perf_counter() - t1
-        tokens.extend(_cut_at_eos(out[i].tolist(), params.eos_token_id) for i in range(len(group)))
-    return GenerationResult(
-        tokens=tokens,
-        ttft_s=ttft,
-        decode_s=decode_s,
-        decode_steps=steps,
-        total_s=time.perf_counter() - start,
-        buckets_used=sorted(used),
-    )
+        out, taken = _decode(next_ids, positions, params, generator, graphs.token, used)
+        tally.decode_steps += taken
+        tally.decode_s += time.perf_counter() - t1
+        tally.tokens.extend(cut_at_eos(out[i].tolist(), params.eos_token_id) for i in range(len(group)))
+    return tally.result(used)
+
+
+@dataclass
+class GenerationTally:
+    """Figures of a generation run, added up batch by batch; the clock starts at creation."""
+
+    tokens: list[list[int]] = field(default_factory=list)
+    ttft_s: float = 0.0
+    decode_s: float = 0.0
+    decode_steps: int = 0
+    started: float = field(default_factory=time.perf_counter)
+
+    def result(self, used: set[str]) -> GenerationResult:
+        return GenerationResult(
+            tokens=self.tokens,
+            ttft_s=self.ttft_s,
+            decode_s=self.decode_s,
+            decode_steps=self.decode_steps,
+            total_s=time.perf_counter() - self.started,
+            buckets_used=sorted(used),
+        )
 
 
 def _decode(next_ids, start, params, generator, token_graphs, used) -> tuple[torch.Tensor, int]:
@@ -181,7 +231,7 @@ def _decode(next_ids, start, params, generator, token_graphs, used) -> tuple[tor
         if bool(finished.all()):
             break
         position = (start + step - 1)[:, None]
-        reach = smallest_fitting(int(position.max()) + 1, buckets)
+        reach = token_bucket(position, buckets)
         used.add(f"token_generation_{reach}")
         logits = token_graphs[reach](next_ids[:, None], position)[:, -1]
         check_finite(logits, f"at decode step {step}, bucket {reach}", position[:, 0])
@@ -190,6 +240,16 @@ def _decode(next_ids, start, params, generator, token_graphs, used) -> tuple[tor
         finished |= _hit_eos(next_ids, params)
         steps += 1
     return torch.stack(generated, dim=1), steps
+
+
+def token_bucket(position: torch.Tensor, buckets: list[int]) -> int:
+    """The smallest token-generation bucket whose cache reaches every row's ``position`` [batch, 1]."""
+    reach = smallest_fitting(int(position.max()) + 1, buckets)
+    if reach is None:
+        raise StageFailure(
+            f"decode position {int(position.max())} is beyond the largest token-generation bucket ({buckets[-1]})"
+        )
+    return reach
 
 
 def check_finite(logits: torch.Tensor, where: str, positions: torch.Tensor) -> None:
@@ -211,30 +271,19 @@ def _hit_eos(ids: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     return ids == params.eos_token_id
 
 
-def _cut_at_eos(tokens: list[int], eos: int | None) -> list[int]:
+def cut_at_eos(tokens: list[int], eos: int | None) -> list[int]:
     if eos is not None and eos in tokens:
         return tokens[: tokens.index(eos) + 1]
     return tokens
 
 
 # -- encoder-decoder ---------------------------------------------------------------------------------
-EncoderGraph = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (input_ids, attention_mask) -> hidden
-# (decoder_input_ids, position_ids, encoder_hidden, encoder_mask) -> logits; fills the cross-attention cache
-DecoderContextGraph = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def encode_sources(
-    sources: list[list[int]],
-    encoder_graphs: dict[int, EncoderGraph],
-    *,
-    batch_size: int,
-    max_seq_len: int,
-    pad_id: int,
-) -> tuple[torch.Tensor, torch.Tensor, int]:
+def encode_sources(sources: list[list[int]], graphs: StaticGraphs) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Run the encoder graph of the smallest fitting bucket over ``sources`` (one static batch);
     returns (encoder output, mask) padded to ``max_seq_len`` source slots, and the bucket used."""
-    buckets = sorted(encoder_graphs)
-    rows = sources + [sources[0]] * (batch_size - len(sources))
+    buckets = sorted(graphs.encoder)
+    batch_size, max_seq_len = graphs.batch_size, graphs.max_seq_len
+    rows = fill_static_batch(sources, batch_size)
     longest = max(len(r) for r in rows)
     bucket = smallest_fitting(longest, buckets)
     if bucket is None:
@@ -242,12 +291,10 @@ def encode_sources(
             f"an encoder input of {longest} tokens does not fit the largest context bucket ({buckets[-1]}); "
             "raise port.context_buckets in the spec or shorten the prompts"
         )
-    input_ids = torch.full((batch_size, bucket), pad_id, dtype=torch.long)
-    for i, row in enumerate(rows):
-        input_ids[i, : len(row)] = torch.tensor(row)
+    input_ids = padded_ids(rows, batch_size, bucket, graphs.pad_id)
     lengths = torch.tensor([len(r) for r in rows])
     mask = (torch.arange(bucket)[None, :] < lengths[:, None]).long()
-    hidden = encoder_graphs[bucket](input_ids, mask)
+    hidden = graphs.encoder[bucket](input_ids, mask)
     padded = hidden.new_zeros(batch_size, max_seq_len, hidden.shape[-1])
     padded[:, :bucket] = hidden
     padded_mask = torch.zeros(batch_size, max_seq_len, dtype=torch.long)
@@ -255,90 +302,26 @@ def encode_sources(
     return padded, padded_mask, bucket
 
 
-def generate_seq2seq(
-    prompts: list[list[int]],
-    params: SamplingParams,
-    *,
-    encoder_graphs: dict[int, EncoderGraph],
-    context_graphs: dict[int, DecoderContextGraph],
-    token_graphs: dict[int, Graph],
-    reset_cache: Callable[[], None],
-    batch_size: int,
-    max_seq_len: int,
-    decoder_start_id: int,
-    pad_id: int = 0,
-) -> GenerationResult:
-    """Encoder once per prompt, decoder context encoding of the start token (which fills the
-    cross-attention cache), then one token-generation step per new token through the decoder KV cache."""
-    used: set[str] = set()
-    prefill = seq2seq_prefill(
-        encoder_graphs,
-        context_graphs,
-        batch_size,
-        max_seq_len,
-        params.max_new_tokens,
-        decoder_start_id,
-        pad_id,
-        used,
-    )
-    return _generate_in_batches(prompts, params, prefill, token_graphs, reset_cache, batch_size, used)
-
-
-def seq2seq_prefill(
-    encoder_graphs, context_graphs, batch_size, max_seq_len, max_new_tokens, decoder_start_id, pad_id, used
-):
+def seq2seq_prefill(graphs: StaticGraphs, max_new_tokens: int, used: set[str]) -> Prefill:
     """Encoder-decoder prefill: encode the sources, then decoder context encoding of the start token
     (which fills the cross-attention cache); the first new token is written at position 1."""
-    if 1 + max_new_tokens > max_seq_len:
+    if 1 + max_new_tokens > graphs.max_seq_len:
         raise StageFailure(
-            f"the decoder start token + {max_new_tokens} new tokens exceeds port.max_seq_len ({max_seq_len})"
+            f"the decoder start token + {max_new_tokens} new tokens exceeds port.max_seq_len ({graphs.max_seq_len})"
         )
-    first_bucket = min(context_graphs)
+    first_bucket = min(graphs.context)
     graph = f"context_encoding_{first_bucket}"
+    batch_size = graphs.batch_size
 
     def prefill(group: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, str]:
-        encoder_hidden, encoder_mask, bucket = encode_sources(
-            group, encoder_graphs, batch_size=batch_size, max_seq_len=max_seq_len, pad_id=pad_id
-        )
+        encoder_hidden, encoder_mask, bucket = encode_sources(group, graphs)
         used.update({f"encoder_{bucket}", graph})
-        decoder_ids = torch.full((batch_size, first_bucket), pad_id, dtype=torch.long)
-        decoder_ids[:, 0] = decoder_start_id
-        positions = torch.arange(first_bucket).expand(batch_size, first_bucket).contiguous()
-        logits = context_graphs[first_bucket](decoder_ids, positions, encoder_hidden, encoder_mask)[:, 0]
+        decoder_ids = padded_ids(
+            [[graphs.decoder_start_id]] * batch_size, batch_size, first_bucket, graphs.pad_id
+        )
+        positions = positions_of(batch_size, first_bucket)
+        logits = graphs.context[first_bucket](decoder_ids, positions, encoder_hidden, encoder_mask)[:, 0]
         check_finite(logits, f"of decoder context encoding (bucket {first_bucket})", torch.zeros(batch_size))
         return logits, torch.ones(batch_size, dtype=torch.long), graph
 
     return prefill
-
-
-def score_seq2seq(
-    sources: list[list[int]],
-    sequences: list[list[int]],
-    *,
-    encoder_graphs: dict[int, EncoderGraph],
-    context_graphs: dict[int, DecoderContextGraph],
-    reset_cache: Callable[[], None],
-    batch_size: int,
-    max_seq_len: int,
-    pad_id: int = 0,
-) -> list[torch.Tensor]:
-    """Teacher forcing: logits [len, vocab] of each decoder sequence (start token first) given its
-    encoder input, from one encoder pass and one decoder context-encoding pass."""
-    buckets = sorted(context_graphs)
-    out = []
-    for source, seq in zip(sources, sequences):
-        bucket = smallest_fitting(len(seq), buckets)
-        if bucket is None:
-            raise StageFailure(
-                f"a scored decoder sequence of {len(seq)} tokens does not fit the largest context bucket ({buckets[-1]})"
-            )
-        reset_cache()
-        encoder_hidden, encoder_mask, _ = encode_sources(
-            [source], encoder_graphs, batch_size=batch_size, max_seq_len=max_seq_len, pad_id=pad_id
-        )
-        decoder_ids = torch.full((batch_size, bucket), pad_id, dtype=torch.long)
-        decoder_ids[:, : len(seq)] = torch.tensor(seq)
-        positions = torch.arange(bucket).expand(batch_size, bucket).contiguous()
-        logits = context_graphs[bucket](decoder_ids, positions, encoder_hidden, encoder_mask)
-        out.append(logits[0, : len(seq)].float())
-    return out

@@ -8,7 +8,9 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-KB_DIR = Path(__file__).resolve().parents[1] / "kb"
+# an installed wheel holds the knowledge base inside the package; a checkout has it at the repository root
+_PACKAGED_KB = Path(__file__).resolve().parent / "kb_topics"
+KB_DIR = _PACKAGED_KB if _PACKAGED_KB.is_dir() else Path(__file__).resolve().parents[1] / "kb"
 # topics tried in this order: the more specific first (a norm inside attention is a norm problem)
 ORDER = (
     "checkpoint_folder",

@@ -14,6 +14,7 @@ from pytest_autoport.numerics_logits import (
     judge_decode_steps_fp32,
     judge_decode_steps_ratio,
 )
+from tests.helpers import fake_static_graphs
 
 VOCAB = 7
 ATTENTION = "blocks/attention.py"
@@ -53,15 +54,7 @@ class RecordingGraphs:
 def test_teacher_forced_decoding_feeds_golden_tokens_through_token_generation_buckets():
     fake = RecordingGraphs()
     prompts, golden = [[1, 2, 3], [4]], [[5, 6, 0, 1, 2, 3, 4, 5], [2, 3]]
-    out = decode_teacher_forced(
-        prompts,
-        golden,
-        context_graphs={b: fake.graph(f"ctx{b}") for b in (4, 8)},
-        token_graphs={b: fake.graph(f"tkg{b}") for b in (8, 16)},
-        reset_cache=lambda: None,
-        batch_size=2,
-        max_seq_len=16,
-    )
+    out = decode_teacher_forced(prompts, golden, fake_static_graphs(fake.graph, batch_size=2))
     assert [t.shape for t in out.logits] == [(8, VOCAB), (2, VOCAB)]
     assert out.graphs[0] == ["context_encoding_4"] + ["token_generation_8"] * 5 + ["token_generation_16"] * 2
     assert out.positions == [[2, 3, 4, 5, 6, 7, 8, 9], [0, 1]]
@@ -70,15 +63,8 @@ def test_teacher_forced_decoding_feeds_golden_tokens_through_token_generation_bu
     assert fake.calls[2] == ("tkg8", [6, 3], [4, 2])
     assert out.logits[0][1].argmax() == (5 + 3) % VOCAB
     with pytest.raises(StageFailure, match="exceeds port.max_seq_len"):
-        decode_teacher_forced(
-            [[1] * 10],
-            [[1] * 8],
-            context_graphs={16: fake.graph("ctx")},
-            token_graphs={16: fake.graph("tkg")},
-            reset_cache=lambda: None,
-            batch_size=1,
-            max_seq_len=16,
-        )
+        graphs = fake_static_graphs(fake.graph, batch_size=1, context=(16,), token=(16,))
+        decode_teacher_forced([[1] * 10], [[1] * 8], graphs)
 
 
 def test_decode_step_judges_name_the_first_divergent_step():

@@ -7,15 +7,11 @@ from __future__ import annotations
 
 import pytest
 
+from tests.helpers import decoder_components
+
 FILE = "gemma3/modeling_gemma3.py"
 NORMS = ("input_norm", "q_norm", "k_norm", "attention", "post_attention_norm", "pre_feedforward_norm")
-COMPONENTS = [
-    "embedding",
-    *(f"{name}-layer{i}" for name in NORMS for i in (0, 1)),
-    *(f"{name}-layer{i}" for name in ("mlp", "post_feedforward_norm", "decoder_layer") for i in (0, 1)),
-    "norm",
-    "lm_head",
-]
+COMPONENTS = decoder_components(*NORMS, "mlp", "post_feedforward_norm", "decoder_layer")
 
 
 def test_correct_port_passes_every_stage(make_project):

@@ -6,24 +6,12 @@ from __future__ import annotations
 
 import pytest
 
+from tests.helpers import decoder_components
+
 FILE = "gpt_oss/modeling_gpt_oss.py"
-COMPONENTS = [
-    "embedding",
-    "input_norm-layer0",
-    "input_norm-layer1",
-    "attention-layer0",
-    "attention-layer1",
-    "post_attention_norm-layer0",
-    "post_attention_norm-layer1",
-    "router-layer0",
-    "router-layer1",
-    "mlp-layer0",
-    "mlp-layer1",
-    "decoder_layer-layer0",
-    "decoder_layer-layer1",
-    "norm",
-    "lm_head",
-]
+COMPONENTS = decoder_components(
+    "input_norm", "attention", "post_attention_norm", "router", "mlp", "decoder_layer"
+)
 
 
 @pytest.fixture

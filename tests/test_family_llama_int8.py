@@ -5,21 +5,9 @@ uses a quantised weight."""
 
 from __future__ import annotations
 
-COMPONENTS = [
-    "embedding",
-    "input_norm-layer0",
-    "input_norm-layer1",
-    "attention-layer0",
-    "attention-layer1",
-    "post_attention_norm-layer0",
-    "post_attention_norm-layer1",
-    "mlp-layer0",
-    "mlp-layer1",
-    "decoder_layer-layer0",
-    "decoder_layer-layer1",
-    "norm",
-    "lm_head",
-]
+from tests.helpers import LLAMA_LAYER_COMPONENTS, decoder_components
+
+COMPONENTS = decoder_components(*LLAMA_LAYER_COMPONENTS)
 
 
 def test_correct_port_passes_every_stage(make_project):

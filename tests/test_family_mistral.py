@@ -4,17 +4,10 @@ causal mask) fails at attention and the model check localises it there."""
 
 from __future__ import annotations
 
+from tests.helpers import LLAMA_LAYER_COMPONENTS, decoder_components
+
 FILE = "mistral/modeling_mistral.py"
-COMPONENTS = [
-    "embedding",
-    *(
-        f"{name}-layer{i}"
-        for name in ("input_norm", "attention", "post_attention_norm", "mlp", "decoder_layer")
-        for i in (0, 1)
-    ),
-    "norm",
-    "lm_head",
-]
+COMPONENTS = decoder_components(*LLAMA_LAYER_COMPONENTS)
 WINDOWED = "window=self.sliding_window)"
 FULL_CAUSAL = "window=None)"
 

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import pytest
 
+from tests.helpers import decoder_components
+
 FILE = "qwen3/modeling_qwen3.py"
-COMPONENTS = [
-    "embedding",
-    *(f"{name}-layer{i}" for name in ("input_norm", "q_norm", "k_norm", "attention") for i in (0, 1)),
-    *(f"{name}-layer{i}" for name in ("post_attention_norm", "mlp", "decoder_layer") for i in (0, 1)),
-    "norm",
-    "lm_head",
-]
+COMPONENTS = decoder_components(
+    "input_norm", "q_norm", "k_norm", "attention", "post_attention_norm", "mlp", "decoder_layer"
+)
 PROJECTIONS = (
     "        q = self.q_norm(self.q_proj(hidden_states).view(heads)).transpose(1, 2)\n"
     "        k = self.k_norm(self.k_proj(hidden_states).view(heads)).transpose(1, 2)\n"

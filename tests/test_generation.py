@@ -8,6 +8,7 @@ import torch
 from pytest_autoport.degeneracy import find_degeneracy
 from pytest_autoport.errors import StageFailure
 from pytest_autoport.generation import SamplingParams, choose_next, generate
+from tests.helpers import fake_static_graphs
 
 VOCAB = 11
 
@@ -30,15 +31,7 @@ class CountingModel:
 
 def run_generation(prompts, params, batch_size=1):
     model = CountingModel()
-    result = generate(
-        prompts,
-        params,
-        context_graphs={b: model.graph(f"ctx{b}") for b in (4, 8)},
-        token_graphs={b: model.graph(f"tkg{b}") for b in (8, 16)},
-        reset_cache=lambda: None,
-        batch_size=batch_size,
-        max_seq_len=16,
-    )
+    result = generate(prompts, params, fake_static_graphs(model.graph, batch_size=batch_size))
     return result, model.calls
 
 

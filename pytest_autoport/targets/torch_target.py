@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ..decode_forcing import DecodeLogits, decode_teacher_forced, decode_teacher_forced_seq2seq
+from ..decode_forcing import DecodeLogits, decode_teacher_forced
 from ..errors import StageFailure
-from ..generation import SamplingParams, generate, generate_seq2seq, score, score_seq2seq
+from ..generation import SamplingParams, StaticGraphs, generate, score
 from ..kv_cache import kv_cache_buffers, reset_kv_cache, written_buffers
 from ..progress import progress
 from ..spec import PortSpec, import_port_class
@@ -114,22 +115,13 @@ class TorchTarget:
                 torch.zeros(spec.port.batch_size, seq, dtype=torch.long),
                 torch.arange(seq).expand(spec.port.batch_size, seq).contiguous(),
             )
-            t0 = time.perf_counter()
-            with torch.no_grad():
-                program = torch.export.export(BucketGraph(port, cache_len), example, strict=False)
-            file_name = f"{graph_name}.pt2"
-            if compiler == "aoti":
-                torch._inductor.aoti_compile_and_package(program, package_path=str(out_dir / file_name))
-            else:
-                torch.export.save(program, out_dir / file_name)
-            graphs[graph_name] = file_name
-            seconds[graph_name] = round(time.perf_counter() - t0, 3)
-        cache = {
-            name: {"shape": list(buf.shape), "dtype": str(buf.dtype).removeprefix("torch.")}
-            for name, buf in kv_cache_buffers(BucketGraph(port, 0)).items()
-        }
+            graphs[graph_name], seconds[graph_name] = capture(
+                BucketGraph(port, cache_len), example, out_dir, graph_name, compiler
+            )
         return CompileResult(
-            graphs=graphs, seconds_per_graph=seconds, details={"compiler": compiler, "kv_cache": cache}
+            graphs=graphs,
+            seconds_per_graph=seconds,
+            details={"compiler": compiler, "kv_cache": cache_layout(port)},
         )
 
     def _compile_seq2seq(self, port, spec: PortSpec, out_dir: Path) -> CompileResult:
@@ -163,20 +155,10 @@ class TorchTarget:
                     example = (ids, positions, encoder_hidden, encoder_mask)
                 else:
                     module, example = BucketGraph(port, cache_len), (ids, positions)
-            t0 = time.perf_counter()
-            with torch.no_grad():
-                program = torch.export.export(module, example, strict=False)
-            file_name = f"{graph_name}.pt2"
-            torch.export.save(program, out_dir / file_name)
-            graphs[graph_name] = file_name
-            seconds[graph_name] = round(time.perf_counter() - t0, 3)
-        cache = {
-            name: {"shape": list(buf.shape), "dtype": str(buf.dtype).removeprefix("torch.")}
-            for name, buf in kv_cache_buffers(BucketGraph(port, 0)).items()
-        }
+            graphs[graph_name], seconds[graph_name] = capture(module, example, out_dir, graph_name, "export")
         details = {
             "compiler": p.compiler,
-            "kv_cache": cache,
+            "kv_cache": cache_layout(port),
             "architecture": p.architecture,
             "decoder_start_token_id": port.config.decoder_start_token_id,
             "pad_token_id": port.config.pad_token_id or 0,
@@ -188,8 +170,35 @@ class TorchTarget:
             return TorchSeq2SeqCompiledModel.load(spec, out_dir, result)
         if result.details.get("compiler") == "aoti":
             return TorchCompiledModel.from_aoti(spec, out_dir, result)
-        modules = {name: torch.export.load(out_dir / file).module() for name, file in result.graphs.items()}
-        return TorchCompiledModel.from_export(spec, modules, list(result.details["kv_cache"]))
+        return TorchCompiledModel.from_export(
+            spec, load_exported(out_dir, result), list(result.details["kv_cache"])
+        )
+
+
+def capture(module: torch.nn.Module, example: tuple, out_dir: Path, graph_name: str, compiler: str):
+    """Capture ``module`` on ``example`` with torch.export and write it as ``{graph_name}.pt2``: the
+    exported program, or with ``compiler="aoti"`` its AOTInductor package. Returns (file name, seconds)."""
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        program = torch.export.export(module, example, strict=False)
+    file_name = f"{graph_name}.pt2"
+    if compiler == "aoti":
+        torch._inductor.aoti_compile_and_package(program, package_path=str(out_dir / file_name))
+    else:
+        torch.export.save(program, out_dir / file_name)
+    return file_name, round(time.perf_counter() - t0, 3)
+
+
+def cache_layout(port: torch.nn.Module) -> dict[str, dict]:
+    """Shape and dtype of each of the port's KV-cache buffers, by name."""
+    return {
+        name: {"shape": list(buf.shape), "dtype": str(buf.dtype).removeprefix("torch.")}
+        for name, buf in kv_cache_buffers(BucketGraph(port, 0)).items()
+    }
+
+
+def load_exported(out_dir: Path, result: CompileResult) -> dict[str, torch.nn.Module]:
+    return {name: torch.export.load(out_dir / file).module() for name, file in result.graphs.items()}
 
 
 def graph_shapes(spec: PortSpec) -> list[tuple[str, int, int]]:
@@ -250,40 +259,29 @@ class TorchCompiledModel:
     def _by_bucket(self, prefix: str) -> dict[int, object]:
         return {int(n.rsplit("_", 1)[1]): g for n, g in self.graphs.items() if n.startswith(prefix)}
 
-    @torch.inference_mode()
-    def generate(self, prompts: list[list[int]], params: SamplingParams) -> GenerationResult:
-        return generate(
-            prompts,
-            params,
-            context_graphs=self._by_bucket("context_encoding_"),
-            token_graphs=self._by_bucket("token_generation_"),
+    def _graphs(self) -> StaticGraphs:
+        return StaticGraphs(
+            context=self._by_bucket("context_encoding_"),
+            token=self._by_bucket("token_generation_"),
             reset_cache=self._reset,
             batch_size=self.spec.port.batch_size,
             max_seq_len=self.spec.port.max_seq_len,
         )
 
     @torch.inference_mode()
+    def generate(self, prompts: list[list[int]], params: SamplingParams) -> GenerationResult:
+        return generate(prompts, params, self._graphs())
+
+    @torch.inference_mode()
     def score(self, sequences: list[list[int]]) -> list[torch.Tensor]:
-        return score(
-            sequences,
-            context_graphs=self._by_bucket("context_encoding_"),
-            reset_cache=self._reset,
-            batch_size=self.spec.port.batch_size,
-        )
+        return score(sequences, self._graphs())
 
     @torch.inference_mode()
     def decode_teacher_forced(self, prompts: list[list[int]], continuations: list[list[int]]) -> DecodeLogits:
         """Every decode step's logits with the continuation fed one token at a time through the
-        token-generation graphs (see :mod:`pytest_autoport.decode_forcing`)."""
-        return decode_teacher_forced(
-            prompts,
-            continuations,
-            context_graphs=self._by_bucket("context_encoding_"),
-            token_graphs=self._by_bucket("token_generation_"),
-            reset_cache=self._reset,
-            batch_size=self.spec.port.batch_size,
-            max_seq_len=self.spec.port.max_seq_len,
-        )
+        token-generation graphs (see :mod:`pytest_autoport.decode_forcing`); encoder-decoder: ``prompts``
+        are the encoder inputs and the decoder starts from its start token."""
+        return decode_teacher_forced(prompts, continuations, self._graphs())
 
 
 class EncoderGraph(torch.nn.Module):
@@ -314,7 +312,7 @@ class TorchSeq2SeqCompiledModel(TorchCompiledModel):
 
     @classmethod
     def load(cls, spec: PortSpec, out_dir: Path, result: CompileResult):
-        modules = {name: torch.export.load(out_dir / file).module() for name, file in result.graphs.items()}
+        modules = load_exported(out_dir, result)
         decoder = {name: m for name, m in modules.items() if not name.startswith("encoder_")}
         # the decoder graphs share one set of caches
         model = cls.from_export(spec, decoder, list(result.details["kv_cache"]))
@@ -323,17 +321,10 @@ class TorchSeq2SeqCompiledModel(TorchCompiledModel):
         model.pad_id = result.details.get("pad_token_id", 0)
         return model
 
-    @torch.inference_mode()
-    def generate(self, prompts: list[list[int]], params: SamplingParams) -> GenerationResult:
-        return generate_seq2seq(
-            prompts,
-            params,
-            encoder_graphs=self._by_bucket("encoder_"),
-            context_graphs=self._by_bucket("context_encoding_"),
-            token_graphs=self._by_bucket("token_generation_"),
-            reset_cache=self._reset,
-            batch_size=self.spec.port.batch_size,
-            max_seq_len=self.spec.port.max_seq_len,
+    def _graphs(self) -> StaticGraphs:
+        return dataclasses.replace(
+            super()._graphs(),
+            encoder=self._by_bucket("encoder_"),
             decoder_start_id=self.decoder_start_id,
             pad_id=self.pad_id,
         )
@@ -341,30 +332,4 @@ class TorchSeq2SeqCompiledModel(TorchCompiledModel):
     @torch.inference_mode()
     def score(self, sequences: list[list[int]], sources: list[list[int]] | None = None) -> list[torch.Tensor]:
         """Teacher forcing of decoder ``sequences`` (start token first) given encoder ``sources``."""
-        return score_seq2seq(
-            sources,
-            sequences,
-            encoder_graphs=self._by_bucket("encoder_"),
-            context_graphs=self._by_bucket("context_encoding_"),
-            reset_cache=self._reset,
-            batch_size=self.spec.port.batch_size,
-            max_seq_len=self.spec.port.max_seq_len,
-            pad_id=self.pad_id,
-        )
-
-    @torch.inference_mode()
-    def decode_teacher_forced(self, prompts: list[list[int]], continuations: list[list[int]]) -> DecodeLogits:
-        """Every decoder step's logits: encoder input ``prompts``, the decoder start token context-encoded,
-        then ``continuations`` fed one token at a time through the decoder's token-generation graphs."""
-        return decode_teacher_forced_seq2seq(
-            prompts,
-            continuations,
-            encoder_graphs=self._by_bucket("encoder_"),
-            context_graphs=self._by_bucket("context_encoding_"),
-            token_graphs=self._by_bucket("token_generation_"),
-            reset_cache=self._reset,
-            batch_size=self.spec.port.batch_size,
-            max_seq_len=self.spec.port.max_seq_len,
-            decoder_start_id=self.decoder_start_id,
-            pad_id=self.pad_id,
-        )
+        return score(sequences, self._graphs(), sources)

@@ -125,6 +125,23 @@ def make_spec(tmp_path):
     return make
 
 
+@pytest.fixture
+def compiled(stand_in, make_spec, tmp_path):
+    """(spec, eager port, loaded compiled model) of the toy port; the call log starts empty after."""
+    import torch
+
+    from pytest_autoport.targets.nxdi import NxdiTarget
+
+    spec = make_spec()
+    target = NxdiTarget()
+    port = target.build_port(spec, None, torch.float32)
+    out_dir = tmp_path / "artifact"
+    out_dir.mkdir()
+    model = target.load_compiled(spec, out_dir, target.compile(port, spec, out_dir))
+    stand_in.CALLS.clear()
+    return spec, port, model
+
+
 def _write_checkpoint(path: Path) -> None:
     """An HF-style checkpoint of the toy port (seeded), which the stand-in loads as NxDI would."""
     import torch

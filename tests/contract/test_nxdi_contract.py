@@ -34,12 +34,6 @@ def _compiled(stand_in, make_spec, out_dir, batch: int = 1):
     return spec, port, model
 
 
-@pytest.fixture
-def compiled(stand_in, make_spec, tmp_path):
-    """(spec, eager port, loaded compiled model) of the toy port; the call log starts empty after."""
-    return _compiled(stand_in, make_spec, tmp_path / "artifact")
-
-
 # -- without the stand-in: the real environment ---------------------------------------------------
 def test_unavailable_without_the_sdk():
     if importlib.util.find_spec("neuronx_distributed_inference") is not None:

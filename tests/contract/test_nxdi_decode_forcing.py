@@ -7,18 +7,13 @@ from __future__ import annotations
 import torch
 from causal_reference import toy_logits
 
-from pytest_autoport.targets.nxdi import NxdiTarget, nxdi_bucket
+from pytest_autoport.targets.nxdi import nxdi_bucket
 
 
 def test_decode_teacher_forced_feeds_the_continuation_through_token_generation(
-    stand_in, make_spec, tmp_path, causal_contract
+    stand_in, compiled, causal_contract
 ):
-    spec = make_spec()
-    target = NxdiTarget()
-    port = target.build_port(spec, None, torch.float32)
-    out_dir = tmp_path / "artifact"
-    out_dir.mkdir()
-    model = target.load_compiled(spec, out_dir, target.compile(port, spec, out_dir))
+    spec, port, model = compiled
     prompts, golden = [[5, 3, 7], [2]], [[7, 1, 30], [4, 9]]
 
     stand_in.CALLS.clear()

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from pytest_autoport.errors import StageFailure
-from pytest_autoport.generation import SamplingParams, generate
+from pytest_autoport.generation import SamplingParams, StaticGraphs, generate
 from pytest_autoport.results import write_atomic
 
 PREREQUISITE_WEIGHTS = "prerequisite stage weights did not pass"
@@ -177,31 +177,22 @@ def _graph(vocab: int, nan_at_position: int | None):
 
 def test_nan_in_decode_logits_is_named():
     params = SamplingParams(max_new_tokens=6)
-    kwargs = dict(reset_cache=lambda: None, batch_size=1, max_seq_len=16)
-    healthy = generate(
-        [[1, 2, 3]],
-        params,
-        context_graphs={8: _graph(11, None)},
-        token_graphs={16: _graph(11, None)},
-        **kwargs,
-    )
-    assert len(healthy.tokens[0]) == 6
+
+    def run(context_nan_at, token_nan_at):
+        graphs = StaticGraphs(
+            context={8: _graph(11, context_nan_at)},
+            token={16: _graph(11, token_nan_at)},
+            reset_cache=lambda: None,
+            batch_size=1,
+            max_seq_len=16,
+        )
+        return generate([[1, 2, 3]], params, graphs)
+
+    assert len(run(None, None).tokens[0]) == 6
     with pytest.raises(StageFailure, match=r"NaN/Inf in the logits at decode step 2, bucket 16"):
-        generate(
-            [[1, 2, 3]],
-            params,
-            context_graphs={8: _graph(11, None)},
-            token_graphs={16: _graph(11, 4)},
-            **kwargs,
-        )
+        run(None, 4)
     with pytest.raises(StageFailure, match=r"NaN/Inf in the logits of context encoding \(bucket 8\)"):
-        generate(
-            [[1, 2, 3]],
-            params,
-            context_graphs={8: _graph(11, 2)},
-            token_graphs={16: _graph(11, None)},
-            **kwargs,
-        )
+        run(2, None)
 
 
 NAN_ON_DECODE = (

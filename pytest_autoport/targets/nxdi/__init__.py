@@ -27,7 +27,8 @@ from ..base import CompileResult
 from . import weights as nxdi_weights
 from .config import app_buckets, inference_config, neuron_config_kwargs, nxdi_bucket
 from .device import cc_flags, compile_app, component_on_device, debug_files, load_app
-from .generation import NxdiCompiledModel, context_inputs, generate_kwargs, nxdi_top_k
+from .generation import NxdiCompiledModel, generate_kwargs, nxdi_top_k
+from .outputs import context_encoding_logits, first_tensor
 from .runtime import NXDI, enter_cpu_mode, environ, nxdi, release_process_group, step
 
 __all__ = [
@@ -50,16 +51,11 @@ CPU_STAGES = ("weights", "component", "model", "generate[cpu]", "golden[cpu]", "
 CPU_FALLBACK_STAGES = ("generate[cpu]", "golden[cpu]")
 
 
-def _first_tensor(value) -> torch.Tensor:
-    """The primary output of an NxDI module: a tensor, ``.hidden_states`` (attention), or a tuple's head."""
-    if isinstance(value, torch.Tensor):
-        return value
-    hidden = getattr(value, "hidden_states", None)
-    if isinstance(hidden, torch.Tensor):
-        return hidden
-    if isinstance(value, (tuple, list)) and value and isinstance(value[0], torch.Tensor):
-        return value[0]
-    raise StageFailure(f"nxdi: cannot find a tensor in a {type(value).__name__} module output")
+def _primary_output(value) -> torch.Tensor:
+    tensor = first_tensor(value)
+    if tensor is None:
+        raise StageFailure(f"nxdi: cannot find a tensor in a {type(value).__name__} module output")
+    return tensor
 
 
 def component_args(module: torch.nn.Module, kind: str, inputs: dict) -> tuple:
@@ -205,34 +201,17 @@ class NxdiTarget:
 
     @torch.inference_mode()
     def run_model(self, port: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
-        """One context-encoding pass through NxDI; logits at every position.
-
-        NxDI keeps only the last position's logits, so the normed hidden states of all positions are
-        taken from ``norm`` and put through the port's own ``lm_head``."""
-        app = app_of(port)
-        batch, length = input_ids.shape
-        seen = []
-        handle = port.norm.register_forward_hook(lambda module, args, out: seen.append(_first_tensor(out)))
-        try:
-            with step("context-encoding forward (reset(), then forward from position 0)"):
-                app.reset()
-                app(**context_inputs(input_ids))
-        finally:
-            handle.remove()
-        if not seen:
-            raise StageFailure(
-                "nxdi: the port's norm never ran in the forward pass; cannot read per-position logits"
-            )
-        logits = _first_tensor(port.lm_head(seen[0][:batch, :length])).float()
+        """One context-encoding pass through NxDI; logits at every position."""
+        logits = context_encoding_logits(app_of(port), port, input_ids)
         return logits[..., : getattr(port.config, "vocab_size", logits.shape[-1])]
 
     @torch.inference_mode()
     def run_component(self, module: torch.nn.Module, kind: str, inputs: dict) -> torch.Tensor:
         args = component_args(module, kind, inputs)
         if self.components_on_device:
-            return component_on_device(module, args, _first_tensor)
+            return component_on_device(module, args, _primary_output)
         with step(f"{type(module).__name__} forward ({kind}) in CPU mode"):
-            return _first_tensor(module(*args))
+            return _primary_output(module(*args))
 
     # -- generation on the CPU application ---------------------------------------------------------
     def cpu_compiled_model(self, spec: PortSpec, port: torch.nn.Module) -> NxdiCompiledModel:

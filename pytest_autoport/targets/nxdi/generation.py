@@ -8,18 +8,15 @@ token-generation step per new token through the KV cache. Sampling is done by Nx
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
 
 import torch
 
 from ...errors import StageFailure
+from ...generation import GenerationTally, SamplingParams, check_room, cut_at_eos, fill_static_batch
 from ...spec import PortSpec
 from ..base import GenerationResult
 from .config import nxdi_bucket
 from .runtime import NXDI, nxdi, step
-
-if TYPE_CHECKING:
-    from ...generation import SamplingParams
 
 
 def generate_kwargs(params: SamplingParams, pad_id: int) -> dict:
@@ -153,25 +150,18 @@ class NxdiCompiledModel:
     @torch.inference_mode()
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> GenerationResult:
         p = self.spec.port
-        new = params.max_new_tokens
         kwargs = generate_kwargs(params, self.pad_id)
         vocab = getattr(self.app.config, "vocab_size", None) or 0
         values, sampler = sampling_setup(params, vocab)
         if values:
             kwargs.update(values)
-        tokens: list[list[int]] = []
+        tally = GenerationTally()
         used: set[str] = set()
-        ttft = decode_s = 0.0
-        steps = 0
-        start = time.perf_counter()
         for first in range(0, len(prompts), p.batch_size):
             group = prompts[first : first + p.batch_size]
-            rows = group + [group[0]] * (p.batch_size - len(group))  # fill the static batch
+            rows = fill_static_batch(group, p.batch_size)
             longest = max(len(r) for r in rows)
-            if longest + new > p.max_seq_len:
-                raise StageFailure(
-                    f"prompt ({longest} tokens) + {new} new tokens exceeds port.max_seq_len ({p.max_seq_len})"
-                )
+            check_room(longest, params.max_new_tokens, p.max_seq_len)
             self._check_context_length(longest)
             input_ids, mask = right_padded(rows, longest, self.pad_id)
             if not params.greedy:
@@ -182,7 +172,7 @@ class NxdiCompiledModel:
                 out = self.adapter.generate(input_ids, attention_mask=mask, **kwargs)
             sequences = getattr(out, "sequences", out)
             rows_out = [
-                _cut_at(sequences[i, longest:].tolist(), params.eos_token_id) for i in range(len(group))
+                cut_at_eos(sequences[i, longest:].tolist(), params.eos_token_id) for i in range(len(group))
             ]
             decode = [(g, s) for g, s in self.calls if not g.startswith("context_encoding")]
             if max(len(r) for r in rows_out) > 1 and not decode:
@@ -192,19 +182,12 @@ class NxdiCompiledModel:
                 )
             context = [(g, s) for g, s in self.calls if g.startswith("context_encoding")]
             if first == 0 and context:
-                ttft = context[0][1]
+                tally.ttft_s = context[0][1]
             used.update(g for g, _ in context + decode)
-            decode_s += sum(s for _, s in decode)
-            steps += len(decode)
-            tokens.extend(rows_out)
-        return GenerationResult(
-            tokens=tokens,
-            ttft_s=ttft,
-            decode_s=decode_s,
-            decode_steps=steps,
-            total_s=time.perf_counter() - start,
-            buckets_used=sorted(used),
-        )
+            tally.decode_s += sum(s for _, s in decode)
+            tally.decode_steps += len(decode)
+            tally.tokens.extend(rows_out)
+        return tally.result(used)
 
     @torch.inference_mode()
     def score(self, sequences: list[list[int]]) -> list[torch.Tensor]:
@@ -282,9 +265,3 @@ class NxdiCompiledModel:
         logits = self._eager_model().lm_head(hidden[:1, :1])
         logits = logits[0] if isinstance(logits, (tuple, list)) else logits
         return logits[0, 0, :vocab].float()
-
-
-def _cut_at(tokens: list[int], eos: int | None) -> list[int]:
-    if eos is not None and eos in tokens:
-        return tokens[: tokens.index(eos) + 1]
-    return tokens

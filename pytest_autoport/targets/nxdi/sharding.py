@@ -23,6 +23,7 @@ import torch
 
 from ...errors import StageFailure
 from . import free_port
+from .outputs import context_encoding_logits, first_tensor
 
 POLL_S = 0.2
 
@@ -100,17 +101,6 @@ def _tail(log: Path, lines: int = 15) -> str:
     return "\n".join("    " + line for line in text[-lines:])
 
 
-def _first_tensor(value):
-    if isinstance(value, torch.Tensor):
-        return value
-    hidden = getattr(value, "hidden_states", None)
-    if isinstance(hidden, torch.Tensor):
-        return hidden
-    if isinstance(value, (tuple, list)) and value and isinstance(value[0], torch.Tensor):
-        return value[0]
-    return None
-
-
 @torch.inference_mode()
 def _rank_main(request_path: str) -> None:
     from ...spec import load_spec
@@ -127,25 +117,16 @@ def _rank_main(request_path: str) -> None:
     for path in request["paths"]:
 
         def hook(module, args, output, path=path):
-            tensor = _first_tensor(output)
+            tensor = first_tensor(output)
             if path not in outputs and tensor is not None:
                 outputs[path] = tensor.detach().clone()
 
         handles.append(model.get_submodule(path).register_forward_hook(hook))
-    normed = []
-    handles.append(model.norm.register_forward_hook(lambda m, a, o: normed.append(_first_tensor(o))))
-    ids = request["input_ids"]
-    batch, length = ids.shape
-    app.reset()
-    app(
-        input_ids=ids,
-        attention_mask=torch.ones_like(ids),
-        position_ids=torch.arange(length).expand(batch, length),
-        seq_ids=torch.arange(batch),
-    )
-    for handle in handles:
-        handle.remove()
-    logits = _first_tensor(model.lm_head(normed[0][:batch, :length])).float()
+    try:
+        logits = context_encoding_logits(app, model, request["input_ids"])
+    finally:
+        for handle in handles:
+            handle.remove()
     logits = logits[..., : app.config.vocab_size]
     if torch.distributed.get_rank() == 0:
         torch.save({"logits": logits, "modules": outputs}, request["result"])
