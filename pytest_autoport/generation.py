@@ -36,6 +36,12 @@ class SamplingParams:
     def greedy(self) -> bool:
         return self.temperature == 0.0
 
+    def describe(self, seed: int) -> str:
+        """The ``sampling`` figure: "greedy", or the settings with the seed the generator was given."""
+        if self.greedy:
+            return "greedy"
+        return f"T={self.temperature} top_k={self.top_k} top_p={self.top_p} seed={seed}"
+
 
 def choose_next(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> torch.Tensor:
     """logits [batch, vocab] -> token ids [batch]."""
@@ -166,6 +172,7 @@ def _generate_in_batches(
         decode_steps=steps,
         total_s=time.perf_counter() - start,
         buckets_used=sorted(used),
+        sampling=params.describe(generator.initial_seed()),
     )
 
 

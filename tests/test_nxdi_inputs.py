@@ -31,7 +31,11 @@ class RecordingApp:
 
     def forward(self, *, input_ids, attention_mask, position_ids, seq_ids):
         self.forwards.append(
-            {"input_ids": input_ids.clone(), "attention_mask": attention_mask.clone(), "position_ids": position_ids}
+            {
+                "input_ids": input_ids.clone(),
+                "attention_mask": attention_mask.clone(),
+                "position_ids": position_ids,
+            }
         )
         logits = torch.zeros(input_ids.shape[0], 1, VOCAB)
         logits[:, 0, 0] = position_ids[:, -1].float()

@@ -144,7 +144,7 @@ class NxdiCompiledModel:
                 input_ids[i, : len(row)] = torch.tensor(row)
                 mask[i, : len(row)] = 1
             if not params.greedy:
-                torch.manual_seed(params.seed)
+                torch.manual_seed(params.seed)  # NxDI's sampler draws from torch.rand
             self.adapter.sampler = sampler  # None: the adapter makes its own (greedy) one
             self.calls.clear()
             with step(f"HuggingFaceGenerationAdapter.generate(do_sample={not params.greedy})"):
@@ -173,6 +173,7 @@ class NxdiCompiledModel:
             decode_steps=steps,
             total_s=time.perf_counter() - start,
             buckets_used=sorted(used),
+            sampling=params.describe(torch.initial_seed()),
         )
 
     @torch.inference_mode()
