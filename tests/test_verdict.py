@@ -100,9 +100,9 @@ def test_wrong_weight_key_fails_weights_and_names_the_key(port_project):
     assert result.ret == 1
     statuses = port_project.statuses()
     assert statuses["weights"] == "failed"
-    assert all(
-        statuses[s] == "skipped" for s in statuses if s not in ("env", "preflight", "hygiene", "weights")
-    )
+    downstream = [s for s in statuses if s not in ("env", "preflight", "hygiene", "weights")]
+    assert {"component[embedding]", "model", "golden"} <= set(downstream)
+    assert all(statuses[s] == "skipped" for s in downstream)
     message = {s["id"]: s["message"] for s in port_project.results()["stages"]}["weights"]
     assert "HF tensors the conversion never used (1)" in message
     assert "model.layers.0.self_attn.q_proj.weight" in message
