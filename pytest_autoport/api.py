@@ -234,8 +234,6 @@ def _generate(
         "tokens_per_s": round(len(tokens) / result.total_s, 2) if result.total_s else 0.0,
         "decode_tokens_per_s": round(result.decode_steps / result.decode_s, 2) if result.decode_s else 0.0,
         "buckets_used": list(result.buckets_used),
-        "sampling": "greedy"
-        if temperature == 0
-        else f"T={temperature} top_k={top_k} top_p={top_p} seed={seed}",
+        "sampling": result.sampling,
     }
     return bool(tokens), response, metrics

@@ -64,6 +64,12 @@ class SamplingParams:
     def greedy(self) -> bool:
         return self.temperature == 0.0
 
+    def describe(self, seed: int) -> str:
+        """The ``sampling`` figure: "greedy", or the settings with the seed the generator was given."""
+        if self.greedy:
+            return "greedy"
+        return f"T={self.temperature} top_k={self.top_k} top_p={self.top_p} seed={seed}"
+
 
 def choose_next(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> torch.Tensor:
     """logits [batch, vocab] -> token ids [batch]."""
@@ -195,7 +201,7 @@ def _generate_in_batches(
         tally.decode_steps += taken
         tally.decode_s += time.perf_counter() - t1
         tally.tokens.extend(cut_at_eos(out[i].tolist(), params.eos_token_id) for i in range(len(group)))
-    return tally.result(used)
+    return tally.result(used, params.describe(generator.initial_seed()))
 
 
 @dataclass
@@ -208,7 +214,8 @@ class GenerationTally:
     decode_steps: int = 0
     started: float = field(default_factory=time.perf_counter)
 
-    def result(self, used: set[str]) -> GenerationResult:
+    def result(self, used: set[str], sampling: str) -> GenerationResult:
+        """``sampling``: the settings and seed the generator drew with (``SamplingParams.describe``)."""
         return GenerationResult(
             tokens=self.tokens,
             ttft_s=self.ttft_s,
@@ -216,6 +223,7 @@ class GenerationTally:
             decode_steps=self.decode_steps,
             total_s=time.perf_counter() - self.started,
             buckets_used=sorted(used),
+            sampling=sampling,
         )
 
 

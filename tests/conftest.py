@@ -139,6 +139,16 @@ class PortProject:
     def statuses(self) -> dict[str, str]:
         return {s["id"]: s["status"] for s in self.results()["stages"]}
 
+    def assert_failing_exactly(self, expected) -> None:
+        """The stages that failed are exactly ``expected`` (stage ids): a harness that failed more of
+        them, or every one, does not pass."""
+        failed = sorted(sid for sid, status in self.statuses().items() if status == "failed")
+        assert failed == sorted(expected), f"failed stages {failed}, expected {sorted(expected)}"
+        for sid in failed:  # and each failing component's message names it
+            if sid.startswith("component["):
+                component = re.sub(r"-(bfloat16|float16)$", "", sid.removeprefix("component[")[:-1])
+                assert _where(component) in self.stage(sid)["message"], sid
+
     def assert_passes_every_stage(self, result: pytest.RunResult, components: list[str]) -> dict:
         """The whole verdict ran in stage order, with each of ``components`` (``mlp-layer0``) checked
         in FP32 then bf16, and every stage passed; returns the figures by stage id."""
@@ -163,19 +173,21 @@ class PortProject:
         failing: tuple[str, ...],
         passing: tuple[str, ...] = (),
         first_divergent: str | tuple[str, ...] | None = None,
+        failing_exactly: tuple[str, ...] | None = None,
     ) -> dict[str, str]:
         """A planted bug's verdict: weights pass; each ``failing`` component (``attention-layer0``)
         fails with a message naming it; each ``passing`` one still passes; the model check fails,
         naming ``first_divergent`` (one module, or any of several); compile, generate and golden skip;
-        no traceback. Returns the statuses."""
+        no traceback. ``failing_exactly``: every stage id that fails (see ``assert_failing_exactly``).
+        Returns the statuses."""
         assert result.ret == 1
+        if failing_exactly is not None:
+            self.assert_failing_exactly(failing_exactly)
         statuses = self.statuses()
         assert statuses["weights"] == "passed"
         for component in failing:
             assert statuses[f"component[{component}]"] == "failed", component
-            name, _, layer = component.partition("-layer")
-            where = f"{name} (layer {layer})" if layer else name
-            assert f"{where} differs" in self.stage(f"component[{component}]")["message"]
+            assert f"{_where(component)} differs" in self.stage(f"component[{component}]")["message"]
         for component in passing:
             assert statuses[f"component[{component}]"] == "passed", component
         model = self.stage("model")
@@ -188,6 +200,12 @@ class PortProject:
             assert statuses[downstream] == "skipped"
         assert "Traceback" not in result.stdout.str()
         return statuses
+
+
+def _where(component: str) -> str:
+    """How stage messages name a component id: ``mlp-layer0`` -> ``mlp (layer 0)``."""
+    name, _, layer = component.partition("-layer")
+    return f"{name} (layer {layer})" if layer else name
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -21,6 +21,7 @@ def test_dry_run_runs_only_target_free_stages(port_project):
     assert statuses["env"] == "passed" and statuses["weights"] == "passed"
     skipped = {sid for sid, status in statuses.items() if status == "skipped"}
     assert skipped == set(statuses) - {"env", "preflight", "hygiene", "weights"}
+    assert {"component[embedding]", "model", "compile", "golden"} <= skipped
     assert all(port_project.stage(sid)["message"] == "dry run" for sid in skipped)
     assert result.ret == 0
     assert port_project.results()["dry_run"] is True
@@ -31,6 +32,7 @@ def test_nxdi_target_without_sdk_skips_with_the_import_error(port_project):
     statuses = port_project.statuses()
     assert statuses["env"] == "passed"
     others = [sid for sid in statuses if sid not in ("env", "preflight", "hygiene")]
+    assert {"weights", "model", "compile"} <= set(others)
     assert all(statuses[sid] == "skipped" for sid in others)
     assert port_project.stage("weights")["message"].startswith(
         "neuronx-distributed-inference is not importable:"

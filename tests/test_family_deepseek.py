@@ -61,6 +61,10 @@ def test_planted_mla_bug_fails_at_attention(project, bug):
         failing=("attention-layer0",),
         passing=("mlp-layer0",),
         first_divergent="model.layers.0.self_attn",
+        failing_exactly=(
+            *(f"component[{name}-layer{i}]" for name in ("attention", "decoder_layer") for i in (0, 1)),
+            "model",
+        ),
     )
 
 

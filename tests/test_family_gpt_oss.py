@@ -24,7 +24,8 @@ def test_correct_port_passes_every_stage(project):
     assert figures["component[mlp-layer0]"]["rel_fro"] < 1e-6  # dequantised exactly as the reference
 
 
-# (old, new, failing component, first divergent module, a component that still passes)
+# (old, new, failing component, first divergent module, a component that still passes, every failing
+# component)
 BUGS = {
     # The weights stage cannot see it: every block and scale is read and the shapes are right. The values
     # are wrong, and the first module that uses them is the mixture of experts of layer 0.
@@ -34,6 +35,7 @@ BUGS = {
         "mlp-layer0",
         "model.layers.0.mlp",
         "router-layer0",
+        ("mlp-layer0", "mlp-layer1", "decoder_layer-layer0", "decoder_layer-layer1"),
     ),
     # layer 0 slides, layer 1 attends to everything
     "sliding_window_ignored": (
@@ -42,19 +44,21 @@ BUGS = {
         "attention-layer0",
         "model.layers.0.self_attn",
         "attention-layer1",
+        ("attention-layer0", "decoder_layer-layer0"),
     ),
 }
 
 
 @pytest.mark.parametrize("bug", list(BUGS))
 def test_planted_bug_fails_at_its_component(project, bug):
-    old, new, failing, first_divergent, still_passing = BUGS[bug]
+    old, new, failing, first_divergent, still_passing, every_failure = BUGS[bug]
     project.replace(FILE, old, new, what=bug)
     project.assert_caught(
         project.run("-k", "not bfloat16"),
         failing=(failing,),
         passing=(still_passing,),
         first_divergent=first_divergent,
+        failing_exactly=(*(f"component[{c}]" for c in every_failure), "model"),
     )
 
 

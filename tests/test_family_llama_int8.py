@@ -28,4 +28,12 @@ def test_scale_per_input_channel_fails_at_attention(make_project):
         failing=("attention-layer0", "mlp-layer0"),
         passing=("input_norm-layer0", "embedding"),
         first_divergent="model.layers.0.self_attn",
+        failing_exactly=(
+            *(
+                f"component[{name}-layer{i}]"
+                for name in ("attention", "mlp", "decoder_layer")
+                for i in (0, 1)
+            ),
+            "model",
+        ),
     )

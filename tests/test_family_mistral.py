@@ -25,4 +25,8 @@ def test_ignored_window_fails_at_attention(make_project):
         failing=("attention-layer0",),
         passing=("mlp-layer0",),
         first_divergent="model.layers.0.self_attn",
+        failing_exactly=(
+            *(f"component[{name}-layer{i}]" for name in ("attention", "decoder_layer") for i in (0, 1)),
+            "model",
+        ),
     )

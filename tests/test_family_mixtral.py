@@ -6,19 +6,13 @@ from __future__ import annotations
 import pytest
 
 PORT = "mixtral/modeling_mixtral.py"
+PER_LAYER = ("input_norm", "attention", "post_attention_norm", "router", "experts", "mlp", "decoder_layer")
+COMPONENTS = ["embedding", *(f"{name}-layer{i}" for name in PER_LAYER for i in (0, 1)), "norm", "lm_head"]
 
 
 def test_correct_port_passes_every_stage(make_project):
     project = make_project("mixtral")
-    result = project.run()
-    assert result.ret == 0
-    data = project.results()
-    assert data["passed"] is True
-    statuses = project.statuses()
-    for component in ("router-layer0", "experts-layer1", "mlp-layer1", "mlp-layer0-bfloat16"):
-        assert statuses[f"component[{component}]"] == "passed"
-    assert set(statuses.values()) == {"passed"}
-    assert project.stage("golden")["figures"]["token_match"] >= 0.95
+    project.assert_passes_every_stage(project.run(), COMPONENTS)
 
 
 @pytest.mark.parametrize(
@@ -43,8 +37,11 @@ def test_moe_bug_fails_at_its_component(make_project, correct, buggy, failing):
     project.replace(PORT, correct, buggy)
     # the experts check feeds both sides HF's routing: only expert bugs fail it
     experts = ("experts-layer0",)
+    both = ("mlp-layer0", "mlp-layer1", "decoder_layer-layer0", "decoder_layer-layer1")
+    both += ("experts-layer0", "experts-layer1") if failing == "experts" else ()
     project.assert_caught(
         project.run("-k", "not bfloat16"),
+        failing_exactly=(*(f"component[{c}]" for c in both), "model"),
         failing=("mlp-layer0", *(experts if failing == "experts" else ())),
         # the gate's logits are still right
         passing=("router-layer0", "attention-layer0", *(experts if failing != "experts" else ())),

@@ -59,4 +59,8 @@ def test_planted_qk_norm_bug_fails_at_attention(project, bug, first_divergent):
         failing=("attention-layer0",),
         passing=("q_norm-layer0", "mlp-layer0"),
         first_divergent=first_divergent,
+        failing_exactly=(
+            *(f"component[{name}-layer{i}]" for name in ("attention", "decoder_layer") for i in (0, 1)),
+            "model",
+        ),
     )

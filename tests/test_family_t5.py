@@ -55,8 +55,13 @@ def test_correct_port_passes_every_stage(project):
         assert prompt + text.rstrip() in corpus
 
 
+def fp32_ids(*names: str) -> tuple[str, ...]:
+    """Stage ids of an FP32-only run's failures: these components in both layers, then the model check."""
+    return (*(f"component[{name}-layer{i}]" for name in names for i in (0, 1)), "model")
+
+
 @pytest.mark.parametrize(
-    ("bug", "failing", "first_divergent"),
+    ("bug", "failing", "first_divergent", "every_failure"),
     [
         (
             # the encoder's buckets made one-directional (and the decoder's two-directional)
@@ -66,23 +71,27 @@ def test_correct_port_passes_every_stage(project):
             ),
             "encoder_attention",
             "encoder.block.0.layer.0.SelfAttention",
+            # every self-attention of both stacks buckets its positions through it
+            fp32_ids("encoder_attention", "encoder_layer", "decoder_self_attention", "decoder_layer"),
         ),
         (
             # cross-attention keys projected with the query weights
             ("k = self.k(encoder_hidden)", "k = self.q(encoder_hidden)"),
             "cross_attention",
             "decoder.block.0.layer.1.EncDecAttention",
+            fp32_ids("cross_attention", "decoder_layer"),
         ),
     ],
     ids=["bucket_direction", "cross_attention_keys"],
 )
-def test_planted_bug_fails_at_its_component(project, bug, failing, first_divergent):
+def test_planted_bug_fails_at_its_component(project, bug, failing, first_divergent, every_failure):
     project.replace(FILE, *bug)
     project.assert_caught(
         project.run("-k", "not bfloat16"),  # the FP32 checks catch both; halves the run
         failing=(f"{failing}-layer0",),
         passing=("embedding",),
         first_divergent=first_divergent,
+        failing_exactly=every_failure,
     )
 
 

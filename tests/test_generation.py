@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from xml.etree import ElementTree
+
 import pytest
 import torch
 
@@ -78,6 +80,21 @@ def test_choose_next_greedy_suppression_and_seeded_sampling():
     assert set(samples(3)) == {0, 1, 2, 3}  # top_p 0.9 drops only the least likely token
 
 
+def test_sampled_generation_follows_its_seed_and_reports_it():
+    prompts = [[1, 2, 3], [5]]
+
+    def run(**sampling):
+        return run_generation(prompts, SamplingParams(max_new_tokens=10, **sampling))[0]
+
+    greedy = run()
+    first, again, other = (run(temperature=2.0, seed=seed) for seed in (7, 7, 8))
+    assert first.tokens == again.tokens  # the seed fixes the draw
+    assert first.tokens != other.tokens  # another seed draws otherwise
+    assert first.tokens != greedy.tokens  # and the draw is not the greedy choice
+    assert first.sampling == "T=2.0 top_k=0 top_p=1.0 seed=7" and other.sampling.endswith("seed=8")
+    assert greedy.sampling == "greedy"
+
+
 @pytest.mark.parametrize(
     ("tokens", "expected"),
     [
@@ -117,7 +134,9 @@ def test_degenerate_output_fails_generate_with_the_text(port_project):
 def test_speed_gate_and_seeded_sampling_from_the_spec(port_project):
     port_project.edit_spec("[[components]]", "[generation]\nmin_tokens_per_s = 1e9\n\n[[components]]")
     port_project.run("-k", "generate")
-    assert "is below generation.min_tokens_per_s" in port_project.stage("generate")["message"]
+    greedy = port_project.stage("generate")
+    assert "is below generation.min_tokens_per_s" in greedy["message"]
+    assert greedy["figures"]["sampling"] == "greedy"
 
     port_project.edit_spec("min_tokens_per_s = 1e9", "temperature = 0.9\ntop_k = 20\ntop_p = 0.95\nseed = 7")
     port_project.run("-k", "generate")
@@ -126,10 +145,18 @@ def test_speed_gate_and_seeded_sampling_from_the_spec(port_project):
     second = port_project.stage("generate")
     assert first["status"] == second["status"] == "passed"
     assert first["figures"]["texts"] == second["figures"]["texts"]
+    assert first["figures"]["texts"] != greedy["figures"]["texts"]  # the settings reached the sampler
     assert first["figures"]["sampling"] == "T=0.9 top_k=20 top_p=0.95 seed=7"
 
 
 def test_junit_xml_carries_stage_figures(port_project):
     port_project.run("-k", "generate", "--junitxml=report.xml")
-    xml = (port_project.root / "report.xml").read_text()
-    assert 'name="autoport.ttft_s"' in xml and 'name="autoport.decode_tokens_per_s"' in xml
+    testcase = ElementTree.parse(port_project.root / "report.xml").find(".//testcase[@name='generate']")
+    properties = {p.get("name"): p.get("value") for p in testcase.iter("property")}
+    figures = port_project.stage("generate")["figures"]
+    assert {"autoport.ttft_s", "autoport.decode_tokens_per_s", "autoport.texts"} <= set(properties)
+    # each figure travels with the value the results JSON holds
+    assert {k: v for k, v in properties.items() if k.startswith("autoport.")} == {
+        f"autoport.{key}": str(value) for key, value in figures.items()
+    }
+    assert properties["autoport-stage"] == "generate"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -140,7 +142,25 @@ def test_compiler_detection_reads_proc(monkeypatch):
     assert neuron_cache._is_compiler(["/usr/bin/python3", "/opt/venv/bin/neuronx-cc", "compile", "x.pb"])
     assert neuron_cache._is_compiler(["neuronx-cc", "compile"])
     assert not neuron_cache._is_compiler(["/usr/bin/python3", "-m", "pytest"])
-    assert compiler_running() in (True, False)  # the real /proc scan runs without error
+
+
+def test_compiler_scan_finds_a_running_neuronx_cc(tmp_path):
+    """The real /proc scan: a process started as ``python .../neuronx-cc compile`` is found while it
+    runs and gone once it has exited."""
+    script = tmp_path / "neuronx-cc"
+    script.write_text("import sys, time\nprint('up', flush=True)\ntime.sleep(60)\n")
+    compiler = subprocess.Popen(
+        [sys.executable, str(script), "compile", "model.hlo_module.pb"], stdout=subprocess.PIPE
+    )
+    try:
+        assert compiler.stdout.readline() == b"up\n"  # the interpreter has set its argv
+        assert compiler.pid in neuron_cache.compiler_pids()
+        assert compiler_running() is True
+    finally:
+        compiler.kill()
+        compiler.wait()
+        compiler.stdout.close()
+    assert compiler.pid not in neuron_cache.compiler_pids()
 
 
 @pytest.fixture

@@ -87,7 +87,7 @@ def test_bf16_model_failure_localises_with_ratios(port_project):
     lp = port_project.stage("model[bfloat16]")
     assert lp["status"] == "failed"
     assert lp["figures"]["first_divergence"] == "model.layers.0.input_layernorm"
-    assert all("r" in row for row in lp["figures"]["localisation"])
+    assert lp["figures"]["localisation"] and all("r" in row for row in lp["figures"]["localisation"])
 
 
 def test_band_override_needs_and_reports_a_reason(port_project):

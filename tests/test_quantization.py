@@ -144,7 +144,7 @@ def test_mxfp4_reference_is_the_dequantised_model_and_the_port_matches_it(gpt_os
     assert getattr(model.config, "quantization_config", None) is None  # a plain float model
     reference = model.state_dict()
     floats = dequantized_state_dict(folder)
-    assert all(torch.equal(reference[key], floats[key]) for key in floats)
+    assert floats and all(torch.equal(reference[key], floats[key]) for key in floats)
 
     converted = NeuronGptOssForCausalLM.convert_hf_to_neuron_state_dict(load_state_dict(folder), config)
     assert converted.keys() == reference.keys()

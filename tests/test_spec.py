@@ -39,6 +39,18 @@ REPO = Path(__file__).resolve().parents[1]
             "duplicate",
         ),
         (
+            'hf_module = "model.layers.{i}.mlp"\n',
+            'hf_module = "model.layers.{i}.mlp"\nr_band = [0.5, 1.5]\n',
+            "components[4].r_band_reason",
+            "overriding r_band needs a written reason",
+        ),
+        (
+            'hf_module = "model.layers.{i}.mlp"\n',
+            'hf_module = "model.layers.{i}.mlp"\nr_band = [0.5, 1.5]\nr_band_reason = "  "\n',
+            "components[4].r_band_reason",
+            "overriding r_band needs a written reason",
+        ),
+        (
             ':NeuronLlamaForCausalLM"',
             ':NoSuchClass"',
             "port.model_class",
@@ -58,6 +70,20 @@ def test_bad_field_is_named(tmp_path, old, new, field, problem):
     assert str(spec) in str(info.value)
     assert info.value.field == field
     assert problem in info.value.problem
+
+
+def test_band_override_with_a_reason_loads(tmp_path):
+    text = (REPO / "port_specs" / "llama.toml").read_text()
+    spec = tmp_path / "llama.toml"
+    spec.write_text(
+        text.replace(
+            'hf_module = "model.layers.{i}.mlp"\n',
+            'hf_module = "model.layers.{i}.mlp"\nr_band = [0.5, 1.5]\nr_band_reason = "fused kernel"\n',
+            1,
+        )
+    )
+    mlp = next(c for c in load_spec(spec, REPO, check_imports=False).components if c.name == "mlp")
+    assert mlp.r_band == [0.5, 1.5] and mlp.r_band_reason == "fused kernel"
 
 
 def test_toml_syntax_error(tmp_path):

@@ -27,7 +27,7 @@ def test_materialisation_is_deterministic(tmp_path):
     first = resolve_weights(llama_spec(tmp_path / "a", train_steps=40))
     second = resolve_weights(llama_spec(tmp_path / "b", train_steps=40))
     a, b = load_file(first.path / "model.safetensors"), load_file(second.path / "model.safetensors")
-    assert a.keys() == b.keys()
+    assert a and a.keys() == b.keys()
     assert all(a[k].equal(b[k]) for k in a)
     assert first.kind == "tiny-trained"
     assert first.training["steps"] == 40 and first.training["final_loss"] > 0

@@ -25,19 +25,55 @@ def test_correct_port_passes_every_stage(port_project):
     assert "**PASSED**" in summary and "`golden`" in summary
 
 
+def in_both_dtypes(*components: str) -> tuple[str, ...]:
+    """The stage ids of ``components`` checked in FP32 and in bf16, and of both model checks."""
+    ids = [f"component[{c}{suffix}]" for suffix in ("", "-bfloat16") for c in components]
+    return (*ids, "model", "model[bfloat16]")
+
+
+BOTH_LAYERS = ("decoder_layer-layer0", "decoder_layer-layer1")
+
+
 @pytest.mark.parametrize(
-    ("bug", "failing", "first_divergent"),
+    ("bug", "failing", "first_divergent", "every_failure"),
     [
-        ("rope_theta", "attention-layer0", "model.layers.0.self_attn"),
-        ("swapped_gate_up", "mlp-layer0", "model.layers.0.mlp"),
-        ("missing_residual", "decoder_layer-layer0", "model.layers.0"),
-        ("layernorm_for_rmsnorm", "input_norm-layer0", "model.layers.0.input_layernorm"),
+        (
+            "rope_theta",
+            "attention-layer0",
+            "model.layers.0.self_attn",
+            in_both_dtypes("attention-layer0", "attention-layer1", *BOTH_LAYERS),
+        ),
+        (
+            "swapped_gate_up",
+            "mlp-layer0",
+            "model.layers.0.mlp",
+            in_both_dtypes("mlp-layer0", "mlp-layer1", *BOTH_LAYERS),
+        ),
+        ("missing_residual", "decoder_layer-layer0", "model.layers.0", in_both_dtypes(*BOTH_LAYERS)),
+        (
+            "layernorm_for_rmsnorm",
+            "input_norm-layer0",
+            "model.layers.0.input_layernorm",
+            in_both_dtypes(
+                "input_norm-layer0",
+                "input_norm-layer1",
+                "post_attention_norm-layer0",
+                "post_attention_norm-layer1",
+                *BOTH_LAYERS,
+                "norm",
+            ),
+        ),
     ],
+    ids=["rope_theta", "swapped_gate_up", "missing_residual", "layernorm_for_rmsnorm"],
 )
-def test_planted_logic_bug_fails_at_its_component(port_project, bug, failing, first_divergent):
+def test_planted_logic_bug_fails_at_its_component(port_project, bug, failing, first_divergent, every_failure):
     port_project.plant(bug)
     port_project.assert_caught(
-        port_project.run(), failing=(failing,), passing=("embedding",), first_divergent=first_divergent
+        port_project.run(),
+        failing=(failing,),
+        passing=("embedding",),
+        first_divergent=first_divergent,
+        failing_exactly=every_failure,
     )
     cause = {"rope_theta": "attention_and_rope", "swapped_gate_up": "mlp_and_fused_weights"}
     cause.update(missing_residual="accuracy_debugging", layernorm_for_rmsnorm="norms")
@@ -52,9 +88,9 @@ def test_wrong_weight_key_fails_weights_and_names_the_key(port_project):
     assert result.ret == 1
     statuses = port_project.statuses()
     assert statuses["weights"] == "failed"
-    assert all(
-        statuses[s] == "skipped" for s in statuses if s not in ("env", "preflight", "hygiene", "weights")
-    )
+    downstream = [s for s in statuses if s not in ("env", "preflight", "hygiene", "weights")]
+    assert {"component[embedding]", "model", "golden"} <= set(downstream)
+    assert all(statuses[s] == "skipped" for s in downstream)
     message = {s["id"]: s["message"] for s in port_project.results()["stages"]}["weights"]
     assert "HF tensors the conversion never used (1)" in message
     assert "model.layers.0.self_attn.q_proj.weight" in message

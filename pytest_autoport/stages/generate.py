@@ -21,9 +21,7 @@ def run(session) -> dict:
         "decode_tokens_per_s": round(tokens_per_s, 1),
         "e2e_s": round(result.total_s, 4),
         "buckets_used": ",".join(result.buckets_used),
-        "sampling": "greedy"
-        if g.temperature == 0
-        else f"T={g.temperature} top_k={g.top_k} top_p={g.top_p} seed={g.seed}",
+        "sampling": result.sampling,
         "texts": texts,
     }
     problems = []

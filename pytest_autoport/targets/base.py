@@ -35,6 +35,7 @@ class GenerationResult:
     decode_steps: int
     total_s: float
     buckets_used: list[str] = field(default_factory=list)
+    sampling: str = "greedy"  # the settings the generator drew with (SamplingParams.describe)
 
 
 class CompiledModel(Protocol):

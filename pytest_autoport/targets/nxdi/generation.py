@@ -165,7 +165,7 @@ class NxdiCompiledModel:
             self._check_context_length(longest)
             input_ids, mask = right_padded(rows, longest, self.pad_id)
             if not params.greedy:
-                torch.manual_seed(params.seed)
+                torch.manual_seed(params.seed)  # NxDI's sampler draws from torch.rand
             self.adapter.sampler = sampler  # None: the adapter makes its own (greedy) one
             self.calls.clear()
             with step(f"HuggingFaceGenerationAdapter.generate(do_sample={not params.greedy})"):
@@ -187,7 +187,7 @@ class NxdiCompiledModel:
             tally.decode_s += sum(s for _, s in decode)
             tally.decode_steps += len(decode)
             tally.tokens.extend(rows_out)
-        return tally.result(used)
+        return tally.result(used, params.describe(torch.initial_seed()))
 
     @torch.inference_mode()
     def score(self, sequences: list[list[int]]) -> list[torch.Tensor]:
