@@ -7,10 +7,14 @@ port, and :mod:`pytest_autoport.discrete` judges the flips.
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
+
 from .discrete import Flip, keep_tokens, routing_flips
 from .errors import StageFailure
 from .hf_reference import capture_modules, first_tensor
 from .numerics import three_tensor_ratio
+from .output_forms import topk_count
 
 ROUTER_NAMES = ("router",)
 
@@ -43,7 +47,7 @@ class RouterTaps:
             return call()
         for (name, *_), path in zip(self.paths, rel):
             if path in captures:
-                self.scores[side][name] = first_tensor(captures[path].output)
+                self.scores[side][name] = router_scores(module.get_submodule(path), captures[path])
         return result["out"]
 
     def judge(self, tensors: list, where: str, dtype) -> tuple[list, dict]:
@@ -69,6 +73,22 @@ class RouterTaps:
         figures["routing_near_ties_excluded"] = tokens
         figures["r_all_tokens"] = three_tensor_ratio(*tensors)
         return keep_tokens(tensors, set(tokens)), figures
+
+
+@torch.no_grad()
+def router_scores(router, capture) -> torch.Tensor:
+    """The router logits [tokens, experts] a tapped router call saw. A linear router whose output is its
+    top-k softmax scattered into dense scores (GPT-OSS on transformers 4.x) has them recomputed from its
+    input and weights: margins between experts are read on logits, and the dense zeros hide them."""
+    output = first_tensor(capture.output)
+    weight = getattr(router, "weight", None)
+    if topk_count(output) is None or not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+        return output.reshape(-1, output.shape[-1])
+    hidden = first_tensor(capture.args[0]) if capture.args else None
+    if hidden is None or hidden.shape[-1] != weight.shape[1] or weight.shape[0] != output.shape[-1]:
+        return output.reshape(-1, output.shape[-1])
+    bias = getattr(router, "bias", None)
+    return F.linear(hidden.reshape(-1, hidden.shape[-1]).to(weight.dtype), weight, bias)
 
 
 def near_tie_note(figures: dict) -> str:

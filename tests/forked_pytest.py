@@ -7,7 +7,8 @@ process) imports those once; each run is a fork of it that sets up the working f
 (its ``neuron_port`` copy, its planted bugs) and imports the harness afresh. What the fork server
 imported is read once when it starts: runs that need an interpreter started with other settings
 (another environment variable read at torch import, another Python) use a real subprocess.
-``AUTOPORT_TESTS_SUBPROCESS=1`` makes every run a real subprocess.
+A PYTHONPATH holding a ``sitecustomize`` makes that run a real subprocess, and
+``AUTOPORT_TESTS_SUBPROCESS=1`` makes every run one.
 """
 
 from __future__ import annotations
@@ -122,9 +123,16 @@ def _run_pytest(args: list[str], cwd: str, env: dict[str, str], path: list[str],
         os._exit(code)
 
 
+def _customises_startup() -> bool:
+    """Whether a new interpreter would run a ``sitecustomize`` found on PYTHONPATH (the real-NxDI tier
+    installs its import stand-ins that way): a fork has started already and would skip it."""
+    folders = filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))
+    return any((Path(folder) / "sitecustomize.py").is_file() for folder in folders)
+
+
 def runpytest(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
     """What ``pytester.runpytest_subprocess(*args)`` returns, run in a fork of the preloaded server."""
-    if os.environ.get("AUTOPORT_TESTS_SUBPROCESS") == "1":
+    if os.environ.get("AUTOPORT_TESTS_SUBPROCESS") == "1" or _customises_startup():
         return pytester.runpytest_subprocess(*args)
     from _pytest.pathlib import make_numbered_dir
 

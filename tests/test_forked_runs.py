@@ -55,3 +55,14 @@ def test_specs_without_a_tiny_table_or_that_do_not_load_are_left_out(tmp_path):
     )
     (specs / "broken.toml").write_text("[model\n")
     forked_pytest.import_model_modules(specs)
+
+
+def test_a_sitecustomize_on_pythonpath_gets_a_new_interpreter(pytester, monkeypatch, tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text("import os\nos.environ['STARTED_BY_SITECUSTOMIZE'] = '1'\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
+    pytester.makepyfile(
+        test_site="import os\n\ndef test_site():\n    assert os.environ.get('STARTED_BY_SITECUSTOMIZE') == '1'\n"
+    )
+    forked_pytest.runpytest(pytester, "-p", "no:cacheprovider", "-p", "no:autoport").assert_outcomes(passed=1)
