@@ -126,20 +126,30 @@ def make_spec(tmp_path):
 
 
 @pytest.fixture
-def compiled(stand_in, make_spec, tmp_path):
-    """(spec, eager port, loaded compiled model) of the toy port; the call log starts empty after."""
+def compile_toy(stand_in, make_spec, tmp_path):
+    """``compile_toy(batch=1) -> (spec, eager port, loaded compiled model)`` of the toy port; the call
+    log starts empty after."""
     import torch
 
     from pytest_autoport.targets.nxdi import NxdiTarget
 
-    spec = make_spec()
-    target = NxdiTarget()
-    port = target.build_port(spec, None, torch.float32)
-    out_dir = tmp_path / "artifact"
-    out_dir.mkdir()
-    model = target.load_compiled(spec, out_dir, target.compile(port, spec, out_dir))
-    stand_in.CALLS.clear()
-    return spec, port, model
+    def make(batch: int = 1):
+        spec = make_spec(batch=batch)
+        target = NxdiTarget()
+        port = target.build_port(spec, None, torch.float32)
+        out_dir = tmp_path / f"artifact-batch{batch}"
+        out_dir.mkdir()
+        model = target.load_compiled(spec, out_dir, target.compile(port, spec, out_dir))
+        stand_in.CALLS.clear()
+        return spec, port, model
+
+    return make
+
+
+@pytest.fixture
+def compiled(compile_toy):
+    """(spec, eager port, loaded compiled model) of the toy port; the call log starts empty after."""
+    return compile_toy()
 
 
 def _write_checkpoint(path: Path) -> None:

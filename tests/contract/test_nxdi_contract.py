@@ -24,16 +24,6 @@ def _subsequence(names: list[str], expected: list[str]) -> bool:
     return all(name in remaining for name in expected)
 
 
-def _compiled(stand_in, make_spec, out_dir, batch: int = 1):
-    spec = make_spec(batch=batch)
-    target = NxdiTarget()
-    port = target.build_port(spec, None, torch.float32)
-    out_dir.mkdir()
-    model = target.load_compiled(spec, out_dir, target.compile(port, spec, out_dir))
-    stand_in.CALLS.clear()
-    return spec, port, model
-
-
 # -- without the stand-in: the real environment ---------------------------------------------------
 def test_unavailable_without_the_sdk():
     if importlib.util.find_spec("neuronx_distributed_inference") is not None:
@@ -394,10 +384,8 @@ def test_prompt_too_long_for_the_sequence_is_a_clear_failure(stand_in, compiled)
 
 
 @pytest.mark.parametrize("batch", [1, 2])
-def test_score_is_teacher_forced_through_token_generation(
-    stand_in, make_spec, tmp_path, causal_contract, batch
-):
-    _, port, model = _compiled(stand_in, make_spec, tmp_path / "artifact", batch)
+def test_score_is_teacher_forced_through_token_generation(stand_in, compile_toy, causal_contract, batch):
+    _, port, model = compile_toy(batch)
     seq = [5, 3, 7, 7, 1, 30, 2]
 
     (logits,) = model.score([seq])

@@ -10,7 +10,6 @@ import torch
 from causal_reference import causal_lm_violations, greedy_reference, toy_logits
 
 from pytest_autoport.generation import SamplingParams
-from pytest_autoport.targets.nxdi import NxdiTarget
 from pytest_autoport.targets.nxdi import generation as nxdi_generation
 
 RIGHT_PADDED = nxdi_generation.right_padded
@@ -61,16 +60,9 @@ GENERATE_MUTANTS = {
 
 
 @pytest.fixture
-def model2(stand_in, make_spec, tmp_path):
+def model2(compile_toy):
     """(eager port, loaded compiled model) of the toy port with a static batch of 2."""
-    spec = make_spec(batch=2)
-    target = NxdiTarget()
-    port = target.build_port(spec, None, torch.float32)
-    out_dir = tmp_path / "artifact"
-    out_dir.mkdir()
-    model = target.load_compiled(spec, out_dir, target.compile(port, spec, out_dir))
-    stand_in.CALLS.clear()
-    return port, model
+    return compile_toy(2)[1:]
 
 
 def _score_findings(stand_in, port, model):
