@@ -6,7 +6,9 @@
 the API compiles is what ``autoport verdict`` would judge.
 
 Targets: ``torch`` runs the port classes of a spec anywhere; ``nxdi`` needs NxD Inference (without
-it, both calls return a failure naming the import error).
+it, both calls return a failure naming the import error). ``cpu_mode=True`` compiles nothing: the
+port runs eagerly (torch) or as NxDI's CPU-mode application (nxdi, the way to use NxDI classes where
+there are no NeuronCores); ``compile_model`` then builds it and runs one forward pass as the check.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ class CompilationConfig:
     ep_degree: int = 1  # expert parallelism: recorded (the torch target runs every expert locally)
     use_fp16: bool = True  # bfloat16 weights and graphs; False: float32
     num_layers: int | None = None  # keep only the first N decoder layers (faster test compiles)
-    cpu_mode: bool = False  # nxdi: NxDI's CPU application instead of Neuron devices
+    cpu_mode: bool = False  # no compilation: the eager port (torch) or NxDI's CPU-mode application
     target: str = "torch"
     hf_model_class: str | None = None  # default: architectures[0] of <model_path>/config.json
 
@@ -125,14 +127,7 @@ def compile_model(config: CompilationConfig) -> bool:
     output.mkdir(parents=True, exist_ok=True)
     try:
         session = _session(config, output / "autoport_spec.toml")
-        reason = session.target.unavailable_reason("compile")
-        if reason:
-            raise AutoportError(f"target {config.target!r} cannot compile here: {reason}")
-        from .progress import progress
-
-        with progress(total=1, desc=f"compile {session.spec.name}") as bar:
-            entry, result = session.compiled
-            bar.update(1)
+        built = _check_cpu_mode(session) if config.cpu_mode else _compile(session, config.target)
     except Exception as exc:  # the caller gets False and a message, as the Autoport tool does
         _report_failure(output, exc)
         return False
@@ -140,16 +135,49 @@ def compile_model(config: CompilationConfig) -> bool:
         **{k: (class_ref(v) if k.endswith("_class") else v) for k, v in asdict(config).items()},
         "output_path": str(output),
         "spec": str(session.spec.path),
-        "artifact": str(entry.path),
-        "key": entry.key,
-        "graphs": sorted(result.graphs),
         "dtype": session.spec.port.dtype,
+        **built,
     }
     from .results import write_atomic
 
     write_atomic(output / NEURON_CONFIG, json.dumps(record, indent=2, default=str) + "\n")
-    print(f"compiled {len(result.graphs)} graphs: {entry.path}", file=sys.stderr)
+    if config.cpu_mode:
+        print(
+            f"CPU mode: {session.spec.name} built and ran one forward pass (nothing compiled)",
+            file=sys.stderr,
+        )
+    else:
+        print(f"compiled {len(built['graphs'])} graphs: {built['artifact']}", file=sys.stderr)
     return True
+
+
+def _compile(session, target: str) -> dict:
+    reason = session.target.unavailable_reason("compile")
+    if reason:
+        hint = "; cpu_mode=True runs NxDI's CPU-mode application instead" if target == "nxdi" else ""
+        raise AutoportError(f"target {target!r} cannot compile here: {reason}{hint}")
+    from .progress import progress
+
+    with progress(total=1, desc=f"compile {session.spec.name}") as bar:
+        entry, result = session.compiled
+        bar.update(1)
+    return {"artifact": str(entry.path), "key": entry.key, "graphs": sorted(result.graphs)}
+
+
+def _check_cpu_mode(session) -> dict:
+    """Build the port as CPU mode runs it and push one token through the model: the check that
+    stands in for a compile when nothing is compiled."""
+    import torch
+
+    reason = session.target.unavailable_reason("model")
+    if reason:
+        raise AutoportError(f"target {session.target.name!r} cannot run in CPU mode here: {reason}")
+    logits = session.target.run_model(
+        session.port_in(session.dtype), torch.zeros(session.spec.port.batch_size, 1, dtype=torch.long)
+    )
+    if not torch.isfinite(logits).all():
+        raise AutoportError("CPU mode: the port's logits for one token are not finite")
+    return {"artifact": None, "key": None, "graphs": [], "path": "cpu"}
 
 
 def _report_failure(output: Path, exc: Exception) -> None:
@@ -179,7 +207,8 @@ def run_inference_with_classes(
     cpu_mode: bool = False,
 ) -> tuple[bool, str, dict]:
     """Generate from ``prompt`` with the model compiled into ``compiled_path``; the settings are read
-    back from its ``neuron_config.json``. Returns ``(success, response, metrics)``; metrics hold
+    back from its ``neuron_config.json``. ``cpu_mode`` (or a CPU-mode ``compile_model``) generates
+    through the eager port or NxDI's CPU application instead of compiled graphs. Returns ``(success, response, metrics)``; metrics hold
     tokens/s, time to first token and latency (an ``error`` key when success is False)."""
     compiled = Path(compiled_path).expanduser().resolve()
     try:
@@ -191,17 +220,23 @@ def run_inference_with_classes(
     config = CompilationConfig(
         **{**fields, "model_class": model_class, "model_path": model_path, "output_path": str(compiled)}
     )
+    config.cpu_mode = config.cpu_mode or cpu_mode
     try:
         session = _session(config, compiled / "autoport_spec.toml")
-        return _generate(
-            session, prompt, max_new_tokens, temperature, top_k, top_p, seed, suppress_special_tokens
+        model = (
+            session.target.cpu_compiled_model(session.spec, session.port_in(session.dtype))
+            if config.cpu_mode
+            else session.compiled_model
         )
+        path = "cpu" if config.cpu_mode else "compiled"
+        settings = (prompt, max_new_tokens, temperature, top_k, top_p, seed, suppress_special_tokens)
+        return _generate(session, model, path, *settings)
     except Exception as exc:
         return False, "", {"error": f"{type(exc).__name__}: {exc}"}
 
 
 def _generate(
-    session, prompt, max_new_tokens, temperature, top_k, top_p, seed, suppress
+    session, model, path, prompt, max_new_tokens, temperature, top_k, top_p, seed, suppress
 ) -> tuple[bool, str, dict]:
     from .generation import SamplingParams
 
@@ -222,7 +257,7 @@ def _generate(
         eos_token_id=tokenizer.eos_token_id,
         suppress_token_ids=special if suppress else (),
     )
-    result = session.compiled_model.generate([ids], params)
+    result = model.generate([ids], params)
     tokens = result.tokens[0]
     response = tokenizer.decode(tokens, skip_special_tokens=True)
     metrics = {
@@ -235,5 +270,6 @@ def _generate(
         "decode_tokens_per_s": round(result.decode_steps / result.decode_s, 2) if result.decode_s else 0.0,
         "buckets_used": list(result.buckets_used),
         "sampling": result.sampling,
+        "path": path,
     }
     return bool(tokens), response, metrics

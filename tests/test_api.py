@@ -31,6 +31,10 @@ common = dict(model_class=NeuronLlamaForCausalLM, model_path=WEIGHTS,
               compiled_path="agent_artifacts/data/compiled_model", prompt=PROMPT, max_new_tokens=8)
 greedy = run_inference_with_classes(**common, temperature=0.0, suppress_special_tokens=False)
 sampled = run_inference_with_classes(**common, temperature=0.9, top_k=20, seed=3)
+cpu = dict(model_class=NeuronLlamaForCausalLM, model_path=WEIGHTS, output_path="cpu_model", seq_len=32,
+           use_fp16=False, cpu_mode=True)
+cpu_compiled = compile_model(CompilationConfig(**cpu))
+cpu_greedy = run_inference_with_classes(**{**common, "compiled_path": "cpu_model"}, suppress_special_tokens=False)
 
 import torch, transformers
 tok = transformers.AutoTokenizer.from_pretrained(WEIGHTS)
@@ -38,7 +42,8 @@ hf = transformers.LlamaForCausalLM.from_pretrained(WEIGHTS, dtype=torch.float32)
 ids = tok(PROMPT, return_tensors="pt")["input_ids"]
 out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False)
 hf_text = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
-print("RESULT " + json.dumps({"compiled": compiled, "greedy": greedy, "sampled": sampled, "hf": hf_text}))
+print("RESULT " + json.dumps({"compiled": compiled, "greedy": greedy, "sampled": sampled, "hf": hf_text,
+                              "cpu_compiled": cpu_compiled, "cpu_greedy": cpu_greedy}))
 """
 
 
@@ -72,6 +77,16 @@ def test_compile_and_inference_from_a_script_outside_the_repository(tmp_path, ti
     assert metrics["sampling"] == "greedy"
     success, sampled, metrics = result["sampled"]
     assert success is True and metrics["sampling"].startswith("T=0.9")
+
+    # CPU mode: nothing compiled, the eager port generates the same greedy text
+    assert result["cpu_compiled"] is True
+    saved = json.loads((tmp_path / "cpu_model/neuron_config.json").read_text())
+    assert saved["cpu_mode"] is True and saved["graphs"] == [] and saved["path"] == "cpu"
+    assert not (tmp_path / "cpu_model/graphs").exists()
+    success, response, metrics = result["cpu_greedy"]
+    assert success is True, metrics
+    assert response == result["hf"] and metrics["path"] == "cpu"
+    assert result["greedy"][2]["path"] == "compiled"
 
 
 FAILING = """

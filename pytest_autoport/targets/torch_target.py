@@ -165,6 +165,14 @@ class TorchTarget:
         }
         return CompileResult(graphs=graphs, seconds_per_graph=seconds, details=details)
 
+    def cpu_compiled_model(self, spec: PortSpec, port: torch.nn.Module) -> CompiledModel:
+        """The eager port behind the compiled model's interface, nothing captured: every bucket runs
+        ``port`` itself with that bucket's cache reach, on the port's own KV-cache buffers."""
+        if spec.port.is_encoder_decoder:
+            raise StageFailure("CPU mode (no compilation) runs decoder-only ports; compile this one")
+        graphs = {name: BucketGraph(port, cache_len) for name, _, cache_len in graph_shapes(spec)}
+        return TorchCompiledModel(spec, graphs, kv_cache_buffers(BucketGraph(port, 0)))
+
     def load_compiled(self, spec: PortSpec, out_dir: Path, result: CompileResult) -> CompiledModel:
         if spec.port.is_encoder_decoder:
             return TorchSeq2SeqCompiledModel.load(spec, out_dir, result)
