@@ -238,11 +238,17 @@ def module_map(model) -> list[dict]:
 
 
 def preflight(
-    report: dict, tp_degree: int = 1, seq_len: int | None = None, port_text: str | None = None, config=None
+    report: dict,
+    tp_degree: int = 1,
+    seq_len: int | None = None,
+    port_text: str | None = None,
+    config=None,
+    ep_degree: int = 1,
 ) -> list[str]:
-    """Problems of this architecture at ``tp_degree`` and ``seq_len``; empty when there are none.
-    ``port_text`` (the port's sources) adds config keys that change the math but that it never reads."""
-    problems = []
+    """Problems of this architecture at ``tp_degree`` / ``ep_degree`` and ``seq_len``; empty when there
+    are none. ``port_text`` (the port's sources) adds config keys that change the math but that it
+    never reads."""
+    problems = expert_parallel_problems(report, tp_degree, ep_degree)
     a = report["attention"]
     if tp_degree > 1:
         if a["heads"] and a["heads"] % tp_degree:
@@ -269,6 +275,24 @@ def preflight(
     if port_text is not None:
         for key in unread_keys(report, port_text, config):
             problems.append(f"config key {key!r} changes the model, but the port never reads it")
+    return problems
+
+
+def expert_parallel_problems(report: dict, tp_degree: int, ep_degree: int) -> list[str]:
+    """NxDI splits the experts over ``ep_degree`` groups of ``tp_degree / ep_degree`` cores each."""
+    if ep_degree <= 1:
+        return []
+    if not report["moe"]:
+        return [f"ep_degree {ep_degree} applies to mixture-of-experts models; this one has no experts"]
+    problems = []
+    experts = report["moe"]["experts"]
+    if experts % ep_degree:
+        problems.append(f"{experts} experts do not split over ep {ep_degree}")
+    if tp_degree % ep_degree:
+        problems.append(
+            f"tp_degree {tp_degree} is not a multiple of ep_degree {ep_degree} "
+            "(each expert group gets tp/ep cores)"
+        )
     return problems
 
 

@@ -13,6 +13,9 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     parser.add_argument("--tp", type=int, default=1, help="tensor-parallel degree for the pre-flight checks")
+    parser.add_argument(
+        "--ep", type=int, default=1, help="expert-parallel degree (MoE) for the pre-flight checks"
+    )
     parser.add_argument("--seq-len", type=int, default=None, help="sequence length for the pre-flight checks")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
@@ -40,8 +43,13 @@ def run(args) -> int:
     except AutoportError as exc:
         print(f"autoport analyze: {exc}", file=sys.stderr)
         return 2
-    problems = preflight(report, args.tp, args.seq_len)
-    report["preflight"] = {"tp_degree": args.tp, "seq_len": args.seq_len, "problems": problems}
+    problems = preflight(report, args.tp, args.seq_len, ep_degree=args.ep)
+    report["preflight"] = {
+        "tp_degree": args.tp,
+        "ep_degree": args.ep,
+        "seq_len": args.seq_len,
+        "problems": problems,
+    }
     if args.json:
         print(json.dumps(report, indent=2, default=str))
     else:

@@ -39,7 +39,7 @@ class CompilationConfig:
     batch_size: int = 1
     seq_len: int = 128
     tp_degree: int = 1
-    ep_degree: int = 1  # expert parallelism: recorded (the torch target runs every expert locally)
+    ep_degree: int = 1  # expert parallelism (MoE): nxdi device graphs; the torch target runs all experts
     use_fp16: bool = True  # bfloat16 weights and graphs; False: float32
     num_layers: int | None = None  # keep only the first N decoder layers (faster test compiles)
     cpu_mode: bool = False  # no compilation: the eager port (torch) or NxDI's CPU-mode application
@@ -105,6 +105,7 @@ def _session(config: CompilationConfig, spec_path: Path) -> _ApiSession:
         "model_class": class_ref(config.model_class),
         "model_path": str(config.model_path),
         "tp_degree": config.tp_degree,
+        "ep_degree": config.ep_degree,
         "test_parameters": [{"batch_size": config.batch_size, "seq_len": config.seq_len}],
         "dtype": "bfloat16" if config.use_fp16 else "float32",
         "target": config.target,

@@ -61,6 +61,7 @@ class PortParams:
     context_buckets: list[int] = field(default_factory=list)  # empty: powers of two up to max_seq_len
     token_generation_buckets: list[int] = field(default_factory=list)  # empty: powers of two
     tp_degree: int = 1
+    ep_degree: int = 1  # expert parallelism (MoE): nxdi device graphs split the experts
     compiler: str = "export"  # torch target: "export" or "aoti"
     architecture: str = "decoder"  # "decoder" (causal LM) or "encoder_decoder" (seq2seq LM)
 
@@ -376,7 +377,7 @@ def _check_semantics(spec: PortSpec) -> None:
         raise SpecError(path, "port.dtype", f"unknown dtype {p.dtype!r}; expected one of {DTYPES}")
     if ":" not in p.model_class:
         raise SpecError(path, "port.model_class", "expected 'path/to/file.py:ClassName'")
-    for name in ("batch_size", "max_seq_len", "tp_degree"):
+    for name in ("batch_size", "max_seq_len", "tp_degree", "ep_degree"):
         if getattr(p, name) < 1:
             raise SpecError(path, f"port.{name}", "must be at least 1")
     if p.architecture not in ARCHITECTURES:

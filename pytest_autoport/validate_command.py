@@ -152,6 +152,7 @@ def spec_from_validation_config(
         "batch_size": params["batch_size"],
         "max_seq_len": params["seq_len"],
         "tp_degree": tp,
+        "ep_degree": _field(data, source, "ep_degree", int, 1),
     }
     validation = {
         "prompts": prompts,

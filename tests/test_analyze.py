@@ -101,3 +101,43 @@ def test_preflight_is_silent_on_every_bundled_spec(name):
     report = analyze(config)
     text = "\n".join(p.read_text() for p in port_sources(spec.port_class_file.parent))
     assert preflight(report, spec.port.tp_degree, spec.port.max_seq_len, text, config) == []
+
+
+def test_expert_parallel_preflight():
+    """ep_degree: the experts and tp_degree must divide by it, and a dense model has nothing to split."""
+    from pytest_autoport.analyze import analyze, load_config, preflight
+
+    moe = analyze(load_config("mixtral", {"num_local_experts": 6, "num_hidden_layers": 1}))
+    assert preflight(moe, tp_degree=4, ep_degree=2) == []
+    assert preflight(moe, tp_degree=4, ep_degree=4) == ["6 experts do not split over ep 4"]
+    assert preflight(moe, tp_degree=2, ep_degree=3) == [
+        "tp_degree 2 is not a multiple of ep_degree 3 (each expert group gets tp/ep cores)"
+    ]
+    dense = analyze(load_config("llama", {"num_hidden_layers": 1}))
+    assert preflight(dense, tp_degree=2, ep_degree=2) == [
+        "ep_degree 2 applies to mixture-of-experts models; this one has no experts"
+    ]
+
+
+def test_ep_degree_reaches_the_nxdi_device_config_only(tmp_path):
+    """On the device NxDI's MoE modules read moe_ep_degree and moe_tp_degree = tp / ep; CPU mode runs
+    every expert in one process. A bad ep_degree names its field."""
+    import dataclasses
+
+    import torch
+
+    from pytest_autoport.errors import SpecError
+    from pytest_autoport.spec import load_spec
+    from pytest_autoport.targets.nxdi.config import neuron_config_kwargs
+
+    spec = load_spec(REPO / "port_specs" / "qwen3_nxdi.toml", REPO, check_imports=False)
+    spec = dataclasses.replace(spec, port=dataclasses.replace(spec.port, ep_degree=2))
+    device = neuron_config_kwargs(spec, torch.bfloat16, tp_degree=8, on_cpu=False)
+    assert (device["moe_ep_degree"], device["moe_tp_degree"], device["tp_degree"]) == (2, 4, 8)
+    cpu = neuron_config_kwargs(spec, torch.bfloat16, tp_degree=1, on_cpu=True)
+    assert "moe_ep_degree" not in cpu and "moe_tp_degree" not in cpu
+
+    text = (REPO / "port_specs" / "llama.toml").read_text().replace("[port]\n", "[port]\nep_degree = 0\n", 1)
+    (tmp_path / "bad.toml").write_text(text)
+    with pytest.raises(SpecError, match=r"port\.ep_degree.*at least 1"):
+        load_spec(tmp_path / "bad.toml", REPO, check_imports=False)

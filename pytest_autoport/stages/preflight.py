@@ -13,7 +13,8 @@ def run(session) -> dict:
     spec = session.spec
     report = analyze(session.hf_config)
     text = "\n".join(p.read_text(errors="replace") for p in port_sources(spec.port_class_file.parent))
-    problems = preflight(report, spec.port.tp_degree, spec.port.max_seq_len, text, session.hf_config)
+    p = spec.port
+    problems = preflight(report, p.tp_degree, p.max_seq_len, text, session.hf_config, p.ep_degree)
     a = report["attention"]
     figures = {
         "attention": f"{a['kind']} {a['heads']}/{a['kv_heads']} heads, head_dim {a['head_dim']}",

@@ -15,7 +15,9 @@ from .runtime import NXDI, nxdi, step
 
 
 def neuron_config_kwargs(spec: PortSpec, dtype: torch.dtype, *, tp_degree: int, on_cpu: bool) -> dict:
-    """NeuronConfig arguments from the spec: static batch, sequence length and buckets."""
+    """NeuronConfig arguments from the spec: static batch, sequence length and buckets; on the device,
+    expert parallelism as NxDI's MoE modules read it (``ep_degree`` groups of tp / ep cores). CPU mode
+    runs every expert in one process."""
     p = spec.port
     if on_cpu:
         return {
@@ -27,7 +29,11 @@ def neuron_config_kwargs(spec: PortSpec, dtype: torch.dtype, *, tp_degree: int, 
             "tp_degree": tp_degree,
             "on_cpu": True,
         }
+    experts = (
+        {"moe_ep_degree": p.ep_degree, "moe_tp_degree": tp_degree // p.ep_degree} if p.ep_degree > 1 else {}
+    )
     return {
+        **experts,
         "batch_size": p.batch_size,
         "seq_len": p.max_seq_len,
         "max_context_length": p.context_bucket_list[-1],
