@@ -65,6 +65,8 @@ def test_validation_json_becomes_the_equivalent_spec(tmp_path):
     assert spec.validation.num_tokens_to_check == 24 and spec.validation.prompts == DEFAULT_PROMPTS
     assert spec.components == bundled.components
     assert spec.generation.max_ttft_s == 0  # the first entry has no thresholds
+    assert (spec.port.tp_degree, spec.port.ep_degree) == (1, 1)
+    assert convert(tmp_path, {**data, "tp_degree": 4, "ep_degree": 2}).port.ep_degree == 2
 
     picked = convert(tmp_path, data, batch_size=2, seq_len=32)
     assert (picked.port.batch_size, picked.port.max_seq_len) == (2, 32)
@@ -78,6 +80,7 @@ def test_validation_json_becomes_the_equivalent_spec(tmp_path):
         ({"model_path": None}, "model_path"),
         ({"model_class": "NeuronLlama"}, "model_class"),
         ({"num_tokens_to_check": "many"}, "num_tokens_to_check"),
+        ({"ep_degree": "two"}, "ep_degree"),
         ({"test_parameters": [{"batch_size": 0, "seq_len": 64}]}, "test_parameters[0].batch_size"),
     ],
 )
