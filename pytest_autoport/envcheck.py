@@ -5,10 +5,8 @@ One checker serves three callers: the ``env`` stage and the pytest report header
 script's validation step (``python -m pytest_autoport.envcheck --check-env``, the equivalent of
 Autoport's ``check_env.py``).
 
-Every package is imported in a child interpreter, never in the caller: an import that dies of a
-GLIBC mismatch, a driver error or a segfault is then reported as "broken" instead of taking the
-test session down with it. All packages are checked in one child (a new one only after a crash or a
-timeout), so the whole check costs about one ``import torch, transformers``.
+Packages are imported in a child interpreter (``package_probe``); NeuronCores come from
+``/dev/neuron*`` and ``neuron-ls`` (``neuron_devices``).
 
 Status of a package:
 
@@ -20,23 +18,36 @@ Status of a package:
 - ``broken``: present but its import raises (GLIBC, driver, a missing shared library or
   dependency): reinstalling the package will not fix it.
 
-This module imports only the standard library at import time, and has no relative imports, so the
-setup script can run it from a source checkout before anything is installed.
+These three modules import only the standard library at import time, so the setup script can run
+this one before anything else is installed.
 """
 
 from __future__ import annotations
 
 import argparse
-import glob
-import importlib.util
 import json
-import os
 import platform as _platform
-import shutil
-import signal
-import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
+
+from pytest_autoport.neuron_devices import (  # noqa: F401  (re-exported: the checker's public names)
+    DEV_GLOB_ENV,
+    NEURON_LS_FALLBACK,
+    neuron_core_count,
+    neuron_device_paths,
+    parse_neuron_ls,
+)
+from pytest_autoport.package_probe import (  # noqa: F401
+    ALL_PACKAGES,
+    CORE_PACKAGES,
+    DEFAULT_REQUIRED,
+    KNOWN_PACKAGES,
+    NXDI_PACKAGES,
+    PACKAGE_ALIASES,
+    PackageStatus,
+    check_packages,
+    resolved_paths,
+)
 
 STAGES = ("env", "spec", "weights", "component", "model", "compile", "generate", "golden")
 TARGETS = ("torch", "nxdi")
@@ -54,118 +65,9 @@ def target_stages(target: str) -> tuple[str, ...]:
     return STAGES[:at] + NXDI_CPU_STAGES + STAGES[at:]
 
 
-# key (import name) -> (distribution name, group, extra modules imported when present)
-KNOWN_PACKAGES: dict[str, tuple[str, str, tuple[str, ...]]] = {
-    "torch": ("torch", "core", ()),
-    "transformers": ("transformers", "core", ()),
-    "safetensors": ("safetensors", "core", ()),
-    "tokenizers": ("tokenizers", "core", ()),
-    "torch_neuronx": ("torch-neuronx", "nxdi", ()),
-    "neuronx_distributed": ("neuronx-distributed", "nxdi", ()),
-    # The top-level package may import without the SDK; its config module needs torch_neuronx.
-    "neuronx_distributed_inference": (
-        "neuronx-distributed-inference",
-        "nxdi",
-        ("neuronx_distributed_inference.models.config",),
-    ),
-    "neuronxcc": ("neuronx-cc", "compiler", ()),
-}
-CORE_PACKAGES = ("torch", "transformers", "safetensors", "tokenizers")
-NXDI_PACKAGES = ("torch_neuronx", "neuronx_distributed", "neuronx_distributed_inference")
-ALL_PACKAGES = CORE_PACKAGES + NXDI_PACKAGES + ("neuronxcc",)
-DEFAULT_REQUIRED = NXDI_PACKAGES + ("transformers", "torch")
-_ALIASES = {"nxdi": "neuronx_distributed_inference", "nxd": "neuronx_distributed", "neuronx_cc": "neuronxcc"}
-_ALIASES.update({dist: key for key, (dist, _, _) in KNOWN_PACKAGES.items()})
-
-NEURON_SDK_INDEX = "https://pip.repos.neuron.amazonaws.com"
 NO_CORES_REASON = "no NeuronCores on this machine (neuron-ls and /dev/neuron* found none)"
-# Overridable so tests (and odd containers) can point the device scan elsewhere.
-DEV_GLOB_ENV = "AUTOPORT_NEURON_DEV_GLOB"
-TIMEOUT_ENV = "AUTOPORT_ENVCHECK_TIMEOUT"
-NEURON_LS_FALLBACK = "/opt/aws/neuron/bin/neuron-ls"
 
 EXIT_READY, EXIT_MISSING, EXIT_BROKEN = 0, 1, 5
-
-_MARK = "@@autoport-envcheck@@ "
-# Runs in the child interpreter: one "start" line before each import, one "result" line after, so
-# a crash still tells the parent which package was being imported.
-_CHILD = r"""
-import importlib, importlib.util, json, os, sys
-try:
-    import importlib.metadata as md
-except ImportError:
-    md = None
-MARK = "@@autoport-envcheck@@ "
-def emit(kind, payload):
-    sys.stdout.write(MARK + json.dumps([kind, payload]) + "\n")
-    sys.stdout.flush()
-def line(e):
-    text = " ".join(str(e).split())
-    return type(e).__name__ + (": " + text if text else "")
-for key, module, dist, probes in json.loads(sys.argv[1]):
-    emit("start", key)
-    r = {"key": key, "outcome": None, "version": None, "location": None, "error": None,
-         "dist_version": None, "missing_name": None}
-    if md is not None:
-        try:
-            r["dist_version"] = md.version(dist)
-        except Exception:
-            pass
-    try:
-        mod = importlib.import_module(module)
-        for probe in probes:
-            try:
-                found = importlib.util.find_spec(probe) is not None
-            except Exception:
-                found = False
-            if found:
-                importlib.import_module(probe)
-    except ModuleNotFoundError as e:
-        r["outcome"], r["error"], r["missing_name"] = "not_found", line(e), e.name
-    except BaseException as e:
-        r["outcome"], r["error"] = "raised", line(e)
-    else:
-        r["outcome"] = "ok"
-        r["version"] = r["dist_version"] or getattr(mod, "__version__", None)
-        if isinstance(r["version"], (tuple, list)):
-            r["version"] = ".".join(map(str, r["version"]))
-        elif r["version"] is not None:
-            r["version"] = str(r["version"])
-        path = list(getattr(mod, "__path__", []) or [])
-        f = getattr(mod, "__file__", None)
-        r["location"] = str(path[0]) if path else (os.path.dirname(f) if f else None)
-    emit("result", r)
-"""
-
-
-@dataclass
-class PackageStatus:
-    """One package as seen from a fresh interpreter. ``name`` is the import name."""
-
-    name: str
-    status: str  # "ok" | "missing" | "broken"
-    version: str | None = None
-    location: str | None = None
-    error: str | None = None
-    distribution: str | None = None  # the pip name, e.g. "neuronx-distributed-inference"
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
-
-    @property
-    def label(self) -> str:
-        return self.distribution or self.name
-
-    def describe(self) -> str:
-        """``torch 2.13.0`` / ``torch-neuronx missing`` / ``torch broken (ImportError: ...)``."""
-        if self.ok:
-            return f"{self.label} {self.version or '(no version)'}"
-        if self.status == "missing" and self.error and "placeholder" in self.error:
-            return f"{self.label} missing (placeholder {self.version} installed, no module)"
-        if self.status == "missing":
-            return f"{self.label} missing"
-        return f"{self.label} broken ({self.error})"
 
 
 @dataclass
@@ -190,7 +92,7 @@ class EnvReport:
     # -- queries -----------------------------------------------------------------------------
     def package(self, name: str) -> PackageStatus:
         """Look a package up by import name, pip name or alias; unchecked ones read as missing."""
-        key = _ALIASES.get(name, name)
+        key = PACKAGE_ALIASES.get(name, name)
         if key in self.packages:
             return self.packages[key]
         dist = KNOWN_PACKAGES.get(key, (name,))[0]
@@ -294,166 +196,6 @@ def _unknown_target(target: str) -> str:
     return f"unknown target '{target}' (known: {', '.join(TARGETS)})"
 
 
-# -- package checks ------------------------------------------------------------------------------
-def _spec_for(name: str) -> tuple[str, str, str, list[str]]:
-    key = _ALIASES.get(name, name)
-    if key in KNOWN_PACKAGES:
-        dist, _, probes = KNOWN_PACKAGES[key]
-        return key, key, dist, list(probes)
-    return key, key.replace("-", "_"), key, []
-
-
-_CACHE: dict[tuple, dict[str, PackageStatus]] = {}
-
-
-def check_packages(
-    names=ALL_PACKAGES, *, python: str | None = None, timeout: float | None = None, refresh: bool = False
-) -> dict[str, PackageStatus]:
-    """Import each package in a child interpreter; returns import name -> status.
-
-    ``names`` are import names, pip names or aliases ("nxdi"). A crash or a timeout marks the
-    package being imported as broken and the rest are checked in a new child. Results are cached
-    per interpreter, PATH, PYTHONPATH and working directory; ``refresh=True`` checks again."""
-    specs = [_spec_for(n) for n in names]
-    python = python or sys.executable
-    if timeout is None:
-        timeout = float(os.environ.get(TIMEOUT_ENV, "120"))
-    cache_key = (
-        python,
-        tuple(s[0] for s in specs),
-        os.environ.get("PYTHONPATH", ""),
-        os.environ.get("PATH", ""),
-        os.getcwd(),
-    )
-    if not refresh and cache_key in _CACHE:
-        return dict(_CACHE[cache_key])
-    results: dict[str, PackageStatus] = {}
-    pending = specs
-    while pending:
-        raw, current, failure = _run_child(python, pending, timeout)
-        for spec in pending:
-            if spec[0] in raw:
-                results[spec[0]] = _classify(spec, raw[spec[0]])
-        if current is not None and current not in results:
-            spec = next(s for s in pending if s[0] == current)
-            results[current] = PackageStatus(current, "broken", error=failure, distribution=spec[2])
-        left = [s for s in pending if s[0] not in results]
-        if len(left) == len(pending):  # no progress: the child could not even start
-            for spec in left:
-                results[spec[0]] = PackageStatus(spec[0], "broken", error=failure, distribution=spec[2])
-            left = []
-        pending = left
-    ordered = {s[0]: results[s[0]] for s in specs}
-    _CACHE[cache_key] = ordered
-    return dict(ordered)
-
-
-def _run_child(python, specs, timeout) -> tuple[dict[str, dict], str | None, str]:
-    """Run the child on ``specs``: (results by key, key being imported when it stopped, why)."""
-    argv = [python, "-c", _CHILD, json.dumps(specs)]
-    try:
-        proc = subprocess.run(argv, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
-        out, err, rc, why = proc.stdout, proc.stderr, proc.returncode, None
-    except subprocess.TimeoutExpired as e:
-        out, err, rc = e.stdout or b"", e.stderr or b"", None
-        why = f"import did not finish within {timeout:g} s (hung?)"
-    except OSError as e:
-        return {}, None, f"could not run {python}: {e}"
-    out = out.decode("utf-8", "replace") if isinstance(out, bytes) else out
-    err = err.decode("utf-8", "replace") if isinstance(err, bytes) else err
-    raw: dict[str, dict] = {}
-    current = None
-    for text in out.splitlines():
-        if not text.startswith(_MARK):
-            continue
-        try:
-            kind, payload = json.loads(text[len(_MARK) :])
-        except ValueError:
-            continue
-        if kind == "start":
-            current = payload
-        elif kind == "result":
-            raw[payload["key"]] = payload
-            current = None
-    if why is None:
-        if rc is not None and rc < 0:
-            try:
-                name = signal.Signals(-rc).name
-            except ValueError:
-                name = f"signal {-rc}"
-            why = f"import crashed the interpreter ({name})"
-        else:
-            why = f"the checking interpreter exited with status {rc}"
-    tail = [t.strip() for t in err.splitlines() if t.strip()]
-    if tail:
-        why += f": {tail[-1][:500]}"
-    return raw, current, why
-
-
-def _classify(spec, raw: dict) -> PackageStatus:
-    key, module, dist, _ = spec
-    if raw["outcome"] == "ok":
-        return PackageStatus(key, "ok", raw["version"], raw["location"], None, dist)
-    if raw["outcome"] == "not_found" and raw["missing_name"] == module:
-        if raw["dist_version"] is None:
-            return PackageStatus(key, "missing", None, None, raw["error"], dist)
-        error = f"distribution {dist} {raw['dist_version']} is installed but provides no module '{module}'"
-        if key in KNOWN_PACKAGES:
-            error += (
-                f" (a placeholder from a public registry? the real package comes from {NEURON_SDK_INDEX})"
-            )
-        # A placeholder counts as missing, not broken: installing the real package fixes it.
-        return PackageStatus(key, "missing", raw["dist_version"], None, error, dist)
-    return PackageStatus(key, "broken", raw["dist_version"], None, raw["error"], dist)
-
-
-# -- NeuronCores -----------------------------------------------------------------------------------
-def neuron_device_paths() -> list[str]:
-    return sorted(glob.glob(os.environ.get(DEV_GLOB_ENV, "/dev/neuron*")))
-
-
-def neuron_core_count(timeout: float = 20.0) -> tuple[int | None, str | None, str | None]:
-    """(cores, neuron-ls path, error) from ``neuron-ls --json-output``; cores None when unknown."""
-    exe = shutil.which("neuron-ls")
-    if exe is None and os.access(NEURON_LS_FALLBACK, os.X_OK):
-        exe = NEURON_LS_FALLBACK
-    if exe is None:
-        return None, None, "neuron-ls not found"
-    try:
-        proc = subprocess.run(
-            [exe, "--json-output"], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
-        )
-    except (OSError, subprocess.TimeoutExpired) as e:
-        return None, exe, f"neuron-ls failed: {e}"
-    if proc.returncode != 0 and not proc.stdout.strip():
-        last = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
-        # A host without the driver answers "failed to discover Neuron devices" and exit 1.
-        return 0 if "discover" in last.lower() else None, exe, f"neuron-ls: {last}"
-    try:
-        return parse_neuron_ls(proc.stdout), exe, None
-    except (ValueError, TypeError) as e:
-        return None, exe, f"cannot read neuron-ls output: {e}"
-
-
-def parse_neuron_ls(text: str) -> int:
-    """Total NeuronCores in ``neuron-ls --json-output``: a list of devices with ``nc_count``
-    (newer tools may wrap the list as ``{"neuron_devices": [...]}``)."""
-    data = json.loads(text) if text.strip() else []
-    if isinstance(data, dict):
-        data = data.get("neuron_devices", data.get("devices", []))
-    if not isinstance(data, list):
-        raise ValueError("expected a list of devices")
-    total = 0
-    for device in data:
-        if not isinstance(device, dict):
-            raise ValueError("expected device objects")
-        if "nc_count" in device:
-            total += int(device["nc_count"])
-        elif isinstance(device.get("neuroncore_ids"), list):
-            total += len(device["neuroncore_ids"])
-    return total
-
-
 # -- the report --------------------------------------------------------------------------------------
 def check_environment(target: str = "torch", *, refresh: bool = False) -> EnvReport:
     """Check this machine: packages (in a child interpreter), NeuronCores and runnable stages.
@@ -472,30 +214,6 @@ def check_environment(target: str = "torch", *, refresh: bool = False) -> EnvRep
         neuron_ls=exe,
         neuron_ls_error=error,
     )
-
-
-def _package_dir(module: str) -> str:
-    try:
-        spec = importlib.util.find_spec(module)
-    except (ImportError, ValueError):
-        return ""
-    if spec is None:
-        return ""
-    locations = list(spec.submodule_search_locations or [])
-    if locations:
-        return str(locations[0])  # some packages (transformers) put Path objects in __path__
-    return os.path.dirname(spec.origin) if spec.origin and spec.origin != "built-in" else ""
-
-
-def resolved_paths() -> dict[str, str]:
-    """Source folders the port workflow reads: NXDI_SRC, NXD_SRC, TRANSFORMERS_SRC ("" when not found).
-
-    Found with ``importlib.util.find_spec``, which locates a top-level package without running it."""
-    return {
-        "NXDI_SRC": _package_dir("neuronx_distributed_inference"),
-        "NXD_SRC": _package_dir("neuronx_distributed"),
-        "TRANSFORMERS_SRC": _package_dir("transformers"),
-    }
 
 
 # -- command line ----------------------------------------------------------------------------------------

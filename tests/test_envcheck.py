@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_autoport import cli, envcheck
+from pytest_autoport import cli, envcheck, neuron_devices
 from pytest_autoport.envcheck import NO_CORES_REASON, STAGES, EnvReport, PackageStatus, target_stages
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -144,7 +144,7 @@ def fake_bin(tmp_path, monkeypatch):
     bin_dir.mkdir()
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv(envcheck.DEV_GLOB_ENV, str(tmp_path / "dev" / "neuron*"))
-    monkeypatch.setattr(envcheck, "NEURON_LS_FALLBACK", str(tmp_path / "no-such-neuron-ls"))
+    monkeypatch.setattr(neuron_devices, "NEURON_LS_FALLBACK", str(tmp_path / "no-such-neuron-ls"))
     return bin_dir
 
 

@@ -124,7 +124,7 @@ class FakeSystem:
             cwd=self.work,
             capture_output=True,
             text=True,
-            timeout=60,
+            timeout=300,  # the real checker imports torch and transformers: slow on a busy machine
         )
         proc.output = proc.stdout + proc.stderr
         return proc
