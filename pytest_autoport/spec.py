@@ -8,15 +8,15 @@ the dotted field name, never with a traceback.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import sys
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import SpecError
 from .output_forms import FORMS
-from .spec_checks import check_source_files, check_text
+from .port_import import import_from_file
+from .spec_checks import check_source_files, check_text, check_weights_path
+from .toml_fields import build_table, matches
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -251,23 +251,23 @@ def load_spec(path: Path, project_root: Path, *, check_imports: bool = True) -> 
     for key, cls in _TABLES.items():
         if key not in raw:
             raise SpecError(path, key, "missing table")
-        tables[key] = _build(cls, raw[key], path, key)
+        tables[key] = build_table(cls, raw[key], path, key)
 
     raw_components = raw.get("components", [])
     if not isinstance(raw_components, list):
         raise SpecError(path, "components", "must be an array of tables ([[components]])")
     components = [
-        _build(Component, entry, path, f"components[{n}]") for n, entry in enumerate(raw_components)
+        build_table(Component, entry, path, f"components[{n}]") for n, entry in enumerate(raw_components)
     ]
     for key, cls in _OPTIONAL_TABLES.items():
-        tables[key] = _build(cls, raw.get(key, {}), path, key)
+        tables[key] = build_table(cls, raw.get(key, {}), path, key)
     timeouts = raw.get("timeouts", {})
     if not isinstance(timeouts, dict):
         raise SpecError(path, "timeouts", "must be a table of stage = seconds")
     for stage, seconds in timeouts.items():
         if stage not in STAGE_NAMES:
             raise SpecError(path, f"timeouts.{stage}", f"unknown stage; expected one of {STAGE_NAMES}")
-        if not _matches(seconds, float) or seconds <= 0:
+        if not matches(seconds, float) or seconds <= 0:
             raise SpecError(
                 path, f"timeouts.{stage}", f"expected a positive number of seconds, got {seconds!r}"
             )
@@ -304,72 +304,10 @@ def _hygiene_waivers(waivers, path: Path) -> dict:
     return waivers
 
 
-def _build(cls, values, path: Path, where: str):
-    if not isinstance(values, dict):
-        raise SpecError(path, where, "must be a table")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
-    for key in values:
-        if key not in fields:
-            raise SpecError(path, f"{where}.{key}", f"unknown key; expected one of {sorted(fields)}")
-    for name, f in fields.items():
-        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        if required and name not in values:
-            raise SpecError(path, f"{where}.{name}", "missing required field")
-        if name in values and not _matches(values[name], hints[name]):
-            raise SpecError(
-                path,
-                f"{where}.{name}",
-                f"expected {_describe(hints[name])}, got {type(values[name]).__name__} {values[name]!r}",
-            )
-    return cls(**values)
-
-
-def _matches(value, hint) -> bool:
-    origin = typing.get_origin(hint)
-    if origin is list:
-        (item,) = typing.get_args(hint)
-        return isinstance(value, list) and all(_matches(v, item) for v in value)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        return any(_matches(value, h) for h in typing.get_args(hint))
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, hint)
-
-
-def _describe(hint) -> str:
-    origin = typing.get_origin(hint)
-    if origin is list:
-        return f"a list of {_describe(typing.get_args(hint)[0])}"
-    if typing.get_args(hint):
-        return " or ".join(_describe(h) for h in typing.get_args(hint))
-    return {str: "a string", int: "an integer", float: "a number", bool: "true or false"}.get(
-        hint, getattr(hint, "__name__", str(hint))
-    )
-
-
-def _check_weights_path(spec: PortSpec) -> None:
-    """A weights folder must be a folder of its own: never empty, the project, the home folder or above."""
-    raw = spec.model.weights_path
-    if not str(raw).strip():
-        raise SpecError(spec.path, "model.weights_path", "is empty: name the checkpoint's own folder")
-    folder = spec.weights_dir.resolve()
-    home = Path("~").expanduser()  # stays "~" (never holds anything) when there is no home folder
-    for what, holds in (("the project root", spec.project_root.resolve()), ("the home folder", home)):
-        if holds.is_absolute() and holds.resolve().is_relative_to(folder):
-            raise SpecError(
-                spec.path,
-                "model.weights_path",
-                f"{raw!r} is {folder}, which is or holds {what}; name the checkpoint's own folder",
-            )
-
-
 def _check_semantics(spec: PortSpec) -> None:
     p, path = spec.port, spec.path
     check_text(spec)
-    _check_weights_path(spec)
+    check_weights_path(spec)
     check_source_files(spec)
     if p.target not in TARGETS:
         raise SpecError(path, "port.target", f"unknown target {p.target!r}; expected one of {TARGETS}")
@@ -454,52 +392,3 @@ def import_port_class(spec: PortSpec):
     """Import the class named by ``port.model_class`` (``file.py:Class``) from its file."""
     file_part, _, class_name = spec.port.model_class.partition(":")
     return import_from_file(spec.resolve(file_part), class_name, spec.path, "port.model_class")
-
-
-def import_from_file(file: Path, attr: str, spec_path: Path, field_name: str):
-    if not file.is_file():
-        raise SpecError(spec_path, field_name, f"file not found: {file}")
-    module_name = _module_name_for(file)
-    module = sys.modules.get(module_name)
-    if module is None or getattr(module, "__file__", None) != str(file):
-        _ensure_packages_importable(file)
-        spec_obj = importlib.util.spec_from_file_location(module_name, file)
-        module = importlib.util.module_from_spec(spec_obj)
-        sys.modules[module_name] = module
-        try:
-            spec_obj.loader.exec_module(module)
-        except Exception as exc:  # the port's own import error, shown in one line
-            del sys.modules[module_name]
-            raise SpecError(
-                spec_path, field_name, f"importing {file} failed: {type(exc).__name__}: {exc}"
-            ) from None
-    try:
-        return getattr(module, attr)
-    except AttributeError:
-        raise SpecError(spec_path, field_name, f"{file} defines no {attr!r}") from None
-
-
-def _module_name_for(file: Path) -> str:
-    """Dotted name from the outermost folder that is a package (has __init__.py)."""
-    parts = [file.stem]
-    folder = file.parent
-    while (folder / "__init__.py").is_file():
-        parts.insert(0, folder.name)
-        folder = folder.parent
-    return ".".join(parts)
-
-
-def _ensure_packages_importable(file: Path) -> None:
-    """Put the port's package root first on sys.path, and forget a same-named package imported from
-    another folder (another checkout), so the port's own shared modules are the ones imported."""
-    folder = file.parent
-    while (folder / "__init__.py").is_file():
-        folder = folder.parent
-    if str(folder) in sys.path:
-        sys.path.remove(str(folder))
-    sys.path.insert(0, str(folder))
-    top = _module_name_for(file).split(".")[0]
-    loaded = sys.modules.get(top)
-    if loaded is not None and not str(getattr(loaded, "__file__", "") or "").startswith(str(folder)):
-        for name in [name for name in sys.modules if name == top or name.startswith(top + ".")]:
-            del sys.modules[name]

@@ -18,6 +18,22 @@ HARNESS_TINY_KEYS = ("model_type", "seed", "weights", "train_steps", "train_lr",
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
+def check_weights_path(spec) -> None:
+    """A weights folder must be a folder of its own: never empty, the project, the home folder or above."""
+    raw = spec.model.weights_path
+    if not str(raw).strip():
+        raise SpecError(spec.path, "model.weights_path", "is empty: name the checkpoint's own folder")
+    folder = spec.weights_dir.resolve()
+    home = Path("~").expanduser()  # stays "~" (never holds anything) when there is no home folder
+    for what, holds in (("the project root", spec.project_root.resolve()), ("the home folder", home)):
+        if holds.is_absolute() and holds.resolve().is_relative_to(folder):
+            raise SpecError(
+                spec.path,
+                "model.weights_path",
+                f"{raw!r} is {folder}, which is or holds {what}; name the checkpoint's own folder",
+            )
+
+
 def check_text(spec) -> None:
     """``model.name`` names the output files, so it must be a plain file name; prompts must hold text."""
     name = spec.model.name
