@@ -101,6 +101,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "or NxD Inference's fixed (atol, rtol) map",
     )
     group.addoption(
+        "--autoport-regen-golden",
+        action="store_true",
+        help="recompute the HF golden (tokens and reference logits) and replace its cache entry in "
+        "<artifacts>/golden/",
+    )
+    group.addoption(
         "--autoport-clean-cache",
         action="store_true",
         help="purge this spec's compiled artifacts (and failed/stale cache entries) before running",
@@ -201,6 +207,7 @@ class SpecFile(pytest.File):
                 compiler=state.option("autoport_compiler"),
                 golden_mode=state.option("autoport_golden_mode"),
                 logit_tolerance=state.option("autoport_logit_tolerance"),
+                regen_golden=state.option("autoport_regen_golden"),
             )
             session = AutoportSession(spec, options)
             session.check_inputs()
