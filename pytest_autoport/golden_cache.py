@@ -21,12 +21,18 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from .artifacts import ArtifactStore, EntryState, RebuildWarning, artifact_key, verify_entry
+from .artifacts import (
+    GOLDEN_DIR,
+    GOLDEN_FAILURES_DIR,
+    ArtifactStore,
+    EntryState,
+    RebuildWarning,
+    artifact_key,
+    verify_entry,
+)
 from .checksums import REFERENCE_PATTERNS, checkpoint_fingerprint
 
 GOLDEN_FORMAT = 1  # what an entry holds and how; bump when that changes
-STORE_DIR = "golden"
-FAILURES_DIR = "golden_failures"
 TOKENS_FILE = "tokens.json"
 LOGITS_FILE = "logits.safetensors"
 SUMMARY_TOP_K = 20
@@ -52,7 +58,7 @@ class GoldenReference:
 
 
 def golden_store(artifacts: Path) -> ArtifactStore:
-    return ArtifactStore(Path(artifacts) / STORE_DIR, Path(artifacts) / FAILURES_DIR)
+    return ArtifactStore(Path(artifacts) / GOLDEN_DIR, Path(artifacts) / GOLDEN_FAILURES_DIR)
 
 
 def low_precision_dtype(session) -> str | None:
@@ -135,7 +141,7 @@ def golden_reference(session, regen: bool = False) -> GoldenReference:
             RebuildWarning(f"removed {leftover}, the temporary folder of a killed build"), stacklevel=2
         )
     status = "hit" if not entry.built else ("rebuilt" if problem or forced else "miss")
-    where = f"{STORE_DIR}/{entry.path.name}"
+    where = f"{GOLDEN_DIR}/{entry.path.name}"
     return GoldenReference(tokens, fp32, lp, status, where, spent[0], problem or forced)
 
 

@@ -133,11 +133,12 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def _clean_cache(state: AutoportState) -> None:
-    """--autoport-clean-cache: drop this spec's compiled artifacts and every broken cache entry. An entry a
+    """--autoport-clean-cache: drop this spec's compiled artifacts and every broken cache entry (golden
+    cache entries included; a sound golden entry stays: --autoport-regen-golden replaces it). An entry a
     running verdict is using (or building) is skipped and said so; nothing the store did not make is touched."""
     import sys
 
-    from .artifacts import ArtifactStore
+    from .artifacts import GOLDEN_DIR, GOLDEN_FAILURES_DIR, ArtifactStore
 
     name = state.light_spec.name if state.light_spec else state.spec_path.stem
     data = state.artifacts_dir / "data"
@@ -146,6 +147,8 @@ def _clean_cache(state: AutoportState) -> None:
         if entry.name == name and entry.state == "ready" and store.drop(entry) == "in use":
             print(f"autoport: kept {entry.path}: in use by another run", file=sys.stderr)
     store.purge()
+    artifacts = state.artifacts_dir
+    ArtifactStore(artifacts / GOLDEN_DIR, artifacts / GOLDEN_FAILURES_DIR).purge()  # broken entries only
     if state.target_name() == "nxdi":
         from .neuron_cache import purge_neuron_cache
 

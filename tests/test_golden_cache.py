@@ -261,3 +261,24 @@ def test_warm_cache_gives_the_same_verdict_without_hf_and_never_hides_a_bug(port
     assert golden["figures"]["cache"] == "hit" and golden["figures"]["hf_model_loaded"] is False
     assert golden["figures"]["decode_parity"]["passed"] is False
     assert "decode-step logits differ from HF" in golden["message"]
+
+
+def test_clean_cache_command_lists_the_golden_cache_and_keeps_sound_entries(
+    tmp_path, checkpoint, computed, capsys, monkeypatch
+):
+    from pytest_autoport import cli
+
+    monkeypatch.setattr(cli, "COMMANDS", {"clean-cache": cli.COMMANDS["clean-cache"]})
+    project = tmp_path / "project"
+    (project / "port_specs").mkdir(parents=True)
+    sound = _reference(FakeSession(project / "agent_artifacts", checkpoint))
+    broken = project / "agent_artifacts" / "golden" / "tiny-0123456789abcdef"
+    broken.mkdir()
+    monkeypatch.chdir(project)
+    assert cli.main(["clean-cache", "--json"]) == 0
+    golden = json.loads(capsys.readouterr().out)["golden_cache"]
+    assert sorted((Path(e["path"]).name, e["state"]) for e in golden["entries"]) == sorted(
+        [(Path(sound.entry).name, "ready"), (broken.name, "empty")]
+    )
+    assert [Path(e["path"]).name for e in golden["removed"]] == [broken.name]
+    assert not broken.exists() and (project / "agent_artifacts" / sound.entry / "READY").is_file()
