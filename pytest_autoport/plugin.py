@@ -107,6 +107,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "<artifacts>/golden/",
     )
     group.addoption(
+        "--autoport-threads",
+        type=int,
+        metavar="N",
+        help="torch CPU threads (default: 1 for a model up to 100M parameters, else torch's default; "
+        "an OMP_NUM_THREADS set in the environment is kept; 0: torch's default)",
+    )
+    group.addoption(
         "--autoport-clean-cache",
         action="store_true",
         help="purge this spec's compiled artifacts (and failed/stale cache entries) before running",
@@ -211,9 +218,11 @@ class SpecFile(pytest.File):
                 golden_mode=state.option("autoport_golden_mode"),
                 logit_tolerance=state.option("autoport_logit_tolerance"),
                 regen_golden=state.option("autoport_regen_golden"),
+                threads=state.option("autoport_threads"),
             )
             session = AutoportSession(spec, options)
             session.check_inputs()
+            session.apply_threads()
             num_layers = session.hf_config.num_hidden_layers
             present = {(name, layer) for name, _, _, layer in session.module_paths}
         except AutoportError as exc:

@@ -27,6 +27,7 @@ class Options:
     golden_mode: str = "token"  # token | logit | all
     logit_tolerance: str = "calibrated"  # calibrated | nxdi: the logit check's tolerances in low precision
     regen_golden: bool = False  # rebuild the golden cache entry even when a sound one is on disk
+    threads: int | None = None  # torch CPU threads; None: one for a small model (see threads.py)
 
 
 class AutoportSession:
@@ -53,6 +54,13 @@ class AutoportSession:
         usable = tokenizer_problem(lambda: self.tokenizer) is None
         prompt_ids = self.prompt_ids if usable else [[0] for _ in self.spec.validation.prompts]
         check_against_model(self.spec, prompt_ids, self.hf_config.num_hidden_layers)
+
+    def apply_threads(self) -> None:
+        """Set torch's CPU thread count for this run (figures in ``thread_figures``, shown by ``env``)."""
+        from .memory_check import parameter_count
+        from .threads import apply_threads
+
+        self.thread_figures = apply_threads(self.options.threads, parameter_count(self.weights.path))
 
     # -- locations ---------------------------------------------------------------------------------
     @property
