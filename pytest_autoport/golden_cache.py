@@ -68,7 +68,6 @@ def low_precision_dtype(session) -> str | None:
 
 def key_inputs(session) -> dict:
     """Everything that changes the golden; no path, so a copied cache folder is found again."""
-    import torch  # noqa: F401 - transformers below needs it imported first
     import transformers
 
     spec = session.spec
