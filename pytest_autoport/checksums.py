@@ -14,15 +14,30 @@ from pathlib import Path
 
 # the files that decide what a compiled model computes (tokenizer files do not)
 _CONTENT_FILES = ("config.json", "model.safetensors.index.json")
+# and those that also decide what the HF reference generates from the prompts (the golden's key)
+REFERENCE_PATTERNS = (
+    "generation_config.json",
+    "tokenizer*",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab*",
+    "merges.txt",
+    "*.model",
+    "chat_template*",
+)
 _CHUNK = 1 << 20
 
 
-def checkpoint_fingerprint(weights_dir: Path, cache_file: Path | None = None) -> dict[str, str]:
-    """``{file name: sha256}`` for the checkpoint's config and every safetensors file."""
+def checkpoint_fingerprint(
+    weights_dir: Path, cache_file: Path | None = None, extra_patterns: tuple[str, ...] = ()
+) -> dict[str, str]:
+    """``{file name: sha256}`` for the checkpoint's config and every safetensors file (and the files
+    matching ``extra_patterns``, e.g. :data:`REFERENCE_PATTERNS`)."""
     weights_dir = Path(weights_dir)
     names = sorted(
         {p.name for p in weights_dir.glob("*.safetensors") if p.is_file()}
         | {n for n in _CONTENT_FILES if (weights_dir / n).is_file()}
+        | {p.name for pattern in extra_patterns for p in weights_dir.glob(pattern) if p.is_file()}
     )
     cache = _load(cache_file)
     fingerprint, changed = {}, False

@@ -112,6 +112,25 @@ def greedy_golden(
     return out
 
 
+@torch.inference_mode()
+def teacher_forced_logits(
+    model, prompts: list[list[int]], golden: list[list[int]], decoder_start: int | None = None
+) -> list[torch.Tensor]:
+    """Per prompt, the logits ``[len(golden), vocab]`` (float32) predicting each golden token from one
+    forward over prompt + golden. ``decoder_start`` (encoder-decoder): the prompt is the encoder input
+    and the decoder scores the start token + golden."""
+    out = []
+    for prompt, tokens in zip(prompts, golden):
+        if decoder_start is not None:
+            seq = [decoder_start] + tokens
+            logits = model(input_ids=torch.tensor([prompt]), decoder_input_ids=torch.tensor([seq])).logits
+            out.append(logits[0, : len(tokens)].float())
+        else:
+            logits = model(torch.tensor([prompt + tokens])).logits
+            out.append(logits[0, len(prompt) - 1 : len(prompt) - 1 + len(tokens)].float())
+    return out
+
+
 def cast_floats(value, dtype):
     """A copy of a (nested) call argument with floating tensors cast to ``dtype`` (None: unchanged)."""
     if dtype is None:

@@ -101,6 +101,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "or NxD Inference's fixed (atol, rtol) map",
     )
     group.addoption(
+        "--autoport-regen-golden",
+        action="store_true",
+        help="recompute the HF golden (tokens and reference logits) and replace its cache entry in "
+        "<artifacts>/golden/",
+    )
+    group.addoption(
+        "--autoport-threads",
+        type=int,
+        metavar="N",
+        help="torch CPU threads (default: 1 for a model up to 100M parameters, else torch's default; "
+        "an OMP_NUM_THREADS set in the environment is kept; 0: torch's default)",
+    )
+    group.addoption(
         "--autoport-clean-cache",
         action="store_true",
         help="purge this spec's compiled artifacts (and failed/stale cache entries) before running",
@@ -127,11 +140,12 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def _clean_cache(state: AutoportState) -> None:
-    """--autoport-clean-cache: drop this spec's compiled artifacts and every broken cache entry. An entry a
+    """--autoport-clean-cache: drop this spec's compiled artifacts and every broken cache entry (golden
+    cache entries included; a sound golden entry stays: --autoport-regen-golden replaces it). An entry a
     running verdict is using (or building) is skipped and said so; nothing the store did not make is touched."""
     import sys
 
-    from .artifacts import ArtifactStore
+    from .artifacts import GOLDEN_DIR, GOLDEN_FAILURES_DIR, ArtifactStore
 
     name = state.light_spec.name if state.light_spec else state.spec_path.stem
     data = state.artifacts_dir / "data"
@@ -140,6 +154,8 @@ def _clean_cache(state: AutoportState) -> None:
         if entry.name == name and entry.state == "ready" and store.drop(entry) == "in use":
             print(f"autoport: kept {entry.path}: in use by another run", file=sys.stderr)
     store.purge()
+    artifacts = state.artifacts_dir
+    ArtifactStore(artifacts / GOLDEN_DIR, artifacts / GOLDEN_FAILURES_DIR).purge()  # broken entries only
     if state.target_name() == "nxdi":
         from .neuron_cache import purge_neuron_cache
 
@@ -201,9 +217,12 @@ class SpecFile(pytest.File):
                 compiler=state.option("autoport_compiler"),
                 golden_mode=state.option("autoport_golden_mode"),
                 logit_tolerance=state.option("autoport_logit_tolerance"),
+                regen_golden=state.option("autoport_regen_golden"),
+                threads=state.option("autoport_threads"),
             )
             session = AutoportSession(spec, options)
             session.check_inputs()
+            session.apply_threads()
             num_layers = session.hf_config.num_hidden_layers
             present = {(name, layer) for name, _, _, layer in session.module_paths}
         except AutoportError as exc:

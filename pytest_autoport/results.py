@@ -138,8 +138,12 @@ def key_figure(rec: StageRecord) -> str:
         return (
             f"token match {f['token_match']:.1%} (>= {f['threshold']:.0%}), "
             f"teacher-forced {f.get('teacher_forced_match', 0):.1%}"
+            + (f", HF golden {_GOLDEN_CACHE[f['cache']]}" if f.get("cache") in _GOLDEN_CACHE else "")
         )
     return rec.message.splitlines()[0][:70] if rec.message else ""
+
+
+_GOLDEN_CACHE = {"hit": "cached", "miss": "computed", "rebuilt": "rebuilt"}
 
 
 def _num(value, fmt: str = ".2e") -> str:

@@ -26,6 +26,8 @@ class Options:
     compiler: str | None = None  # overrides port.compiler
     golden_mode: str = "token"  # token | logit | all
     logit_tolerance: str = "calibrated"  # calibrated | nxdi: the logit check's tolerances in low precision
+    regen_golden: bool = False  # rebuild the golden cache entry even when a sound one is on disk
+    threads: int | None = None  # torch CPU threads; None: one for a small model (see threads.py)
 
 
 class AutoportSession:
@@ -52,6 +54,13 @@ class AutoportSession:
         usable = tokenizer_problem(lambda: self.tokenizer) is None
         prompt_ids = self.prompt_ids if usable else [[0] for _ in self.spec.validation.prompts]
         check_against_model(self.spec, prompt_ids, self.hf_config.num_hidden_layers)
+
+    def apply_threads(self) -> None:
+        """Set torch's CPU thread count for this run (figures in ``thread_figures``, shown by ``env``)."""
+        from .memory_check import parameter_count
+        from .threads import apply_threads
+
+        self.thread_figures = apply_threads(self.options.threads, parameter_count(self.weights.path))
 
     # -- locations ---------------------------------------------------------------------------------
     @property
@@ -97,8 +106,11 @@ class AutoportSession:
 
     @cached_property
     def hf_model(self):
+        """The FP32 HF reference, after checking that it fits in the memory available."""
         from .hf_reference import load_hf_model
+        from .memory_check import check_reference_fits
 
+        self.reference_memory = check_reference_fits(self.weights.path)
         return load_hf_model(self.spec.model.hf_model_class, self.weights.path, self.spec.path)
 
     @cached_property
@@ -245,16 +257,16 @@ class AutoportSession:
         return captures, result["logits"]
 
     @cached_property
-    def golden_tokens(self) -> list[list[int]]:
-        from .hf_reference import greedy_golden
+    def golden_reference(self):
+        """The golden tokens and HF logits the golden stage compares with, from the golden cache
+        (computed and stored on a miss; the HF model is not loaded on a hit)."""
+        from .golden_cache import golden_reference
 
-        return greedy_golden(
-            self.hf_model,
-            self.prompt_ids,
-            self.spec.validation.num_tokens_to_check,
-            self.tokenizer.pad_token_id,
-            encoder_decoder=self.is_encoder_decoder,
-        )
+        return golden_reference(self, regen=self.options.regen_golden)
+
+    @property
+    def golden_tokens(self) -> list[list[int]]:
+        return self.golden_reference.tokens
 
     # -- port side -----------------------------------------------------------------------------------
     @property

@@ -8,6 +8,8 @@ the command line. No torch here: the CLI imports this package and must stay inst
 from .clean_cache import add_arguments, find_project, format_size, run
 from .common import (
     FAILURE_NOTE,
+    GOLDEN_DIR,
+    GOLDEN_FAILURES_DIR,
     KEY_LENGTH,
     LOCKS_DIR,
     MANIFEST,
@@ -33,6 +35,8 @@ from .store import ArtifactStore
 
 __all__ = [
     "FAILURE_NOTE",
+    "GOLDEN_DIR",
+    "GOLDEN_FAILURES_DIR",
     "KEY_LENGTH",
     "LOCKS_DIR",
     "MANIFEST",

@@ -1,7 +1,9 @@
 """``autoport clean-cache``: classify a compiled-artifact store and purge what it made and no longer needs.
 
 Without ``--root`` the store is the project's: ``<project>/agent_artifacts/data/compiled_model``, where the
-project is the nearest folder at or above the current one holding ``port_specs/`` or ``agent_artifacts/``.
+project is the nearest folder at or above the current one holding ``port_specs/`` or ``agent_artifacts/``;
+the project's golden cache (``agent_artifacts/golden``) is then classified and cleaned too (its sound
+entries are kept: only failed, stale, empty and corrupt ones go, as in the compiled store).
 Anything the store did not make is listed as ``foreign`` and never removed, whatever folder is named.
 No torch here: the CLI must stay instant; filelock is imported only when a lock is taken.
 """
@@ -16,11 +18,13 @@ from typing import Any
 
 from pytest_autoport.errors import AutoportError
 
-from .common import STATES, EntryState, _is_within, format_size
+from .common import GOLDEN_DIR, GOLDEN_FAILURES_DIR, STATES, EntryState, _is_within, format_size
 from .store import ArtifactStore
 
 STORE_IN_PROJECT = Path("agent_artifacts/data/compiled_model")
 FAILURES_IN_PROJECT = Path("agent_artifacts/data/compilation_failures")
+GOLDEN_IN_PROJECT = Path("agent_artifacts") / GOLDEN_DIR
+GOLDEN_FAILURES_IN_PROJECT = Path("agent_artifacts") / GOLDEN_FAILURES_DIR
 PROJECT_MARKERS = ("port_specs", "agent_artifacts")
 
 
@@ -109,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
     dry_run = bool(getattr(args, "dry_run", False))
     root = getattr(args, "root", None)
     failures_root = getattr(args, "failures_root", None)
+    golden_store = None
     if root is None:
         project = find_project()
         if project is None:
@@ -119,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
             )
             return 2
         root = project / STORE_IN_PROJECT
+        golden_store = ArtifactStore(project / GOLDEN_IN_PROJECT, project / GOLDEN_FAILURES_IN_PROJECT)
     root = Path(root)
     failures_root = (
         Path(failures_root) if failures_root is not None else root.parent / FAILURES_IN_PROJECT.name
@@ -129,6 +135,12 @@ def run(args: argparse.Namespace) -> int:
     errors = [f"could not remove {path}: {problem}" for path, problem in store.purge_errors]
     store_root_states = [s for s in store_states if not _is_within(s.path, failures_root)]
     failure_states = [s for s in store_states if _is_within(s.path, failures_root)]
+    golden_states: list[EntryState] = []
+    golden_removed: list[EntryState] = []
+    if golden_store is not None:
+        golden_states = golden_store.entries()
+        golden_removed = golden_store.purge(dry_run=dry_run, states=golden_states)
+        errors += [f"could not remove {path}: {problem}" for path, problem in golden_store.purge_errors]
 
     rc = 0
     neuron: dict[str, Any] | None = None
@@ -147,8 +159,8 @@ def run(args: argparse.Namespace) -> int:
             neuron["error"] = str(exc)
             rc = 1
 
-    all_states = store_states + (neuron["entries"] if neuron else [])
-    all_removed = store_removed + (neuron["removed"] if neuron else [])
+    all_states = store_states + golden_states + (neuron["entries"] if neuron else [])
+    all_removed = store_removed + golden_removed + (neuron["removed"] if neuron else [])
     if errors:
         rc = 1
 
@@ -161,6 +173,12 @@ def run(args: argparse.Namespace) -> int:
             "removed": [s.to_dict() for s in store_removed],
             "errors": errors,
         }
+        if golden_store is not None:
+            payload["golden_cache"] = {
+                "root": str(golden_store.root),
+                "entries": [s.to_dict() for s in golden_states],
+                "removed": [s.to_dict() for s in golden_removed],
+            }
         if neuron is not None:
             payload["neuron_cache"] = {
                 "dir": str(neuron["dir"]) if neuron["dir"] else None,
@@ -173,6 +191,8 @@ def run(args: argparse.Namespace) -> int:
 
     lines = _section("Compiled artifacts", root, store_root_states, store_removed, dry_run)
     lines += [""] + _section("Compilation failures", failures_root, failure_states, store_removed, dry_run)
+    if golden_store is not None:
+        lines += [""] + _section("Golden cache", golden_store.root, golden_states, golden_removed, dry_run)
     if neuron is not None:
         lines.append("")
         if neuron["dir"] is not None:

@@ -20,6 +20,9 @@ OWNER_MARKER = ".autoport-owned"
 LOCKS_DIR = ".locks"
 TMP_PREFIX = ".tmp-"
 MANIFEST_FORMAT = 2
+# the HF golden's cache (pytest_autoport.golden_cache), under the artifacts folder
+GOLDEN_DIR = "golden"
+GOLDEN_FAILURES_DIR = "golden_failures"
 KEY_LENGTH = 16
 
 DEFAULT_STALE_LOCK_AFTER = 6 * 3600.0

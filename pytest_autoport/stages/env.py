@@ -16,6 +16,7 @@ def run(session) -> dict:
         "packages": packages,
         "neuron_cores": report.neuron_cores,
         "runnable_stages": report.runnable_stages.get(session.target_name, []),
+        **getattr(session, "thread_figures", {}),
     }
     reason = session.target.unavailable_reason()
     figures["target_available"] = reason is None

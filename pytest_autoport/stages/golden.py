@@ -22,7 +22,8 @@ from .golden_decode import decode_parity, logit_figures
 
 def run(session) -> dict:
     mode = session.options.golden_mode
-    golden = session.golden_tokens
+    reference = session.golden_reference
+    golden = reference.tokens
     ported = session.golden_run.tokens
     threshold = session.spec.validation.token_match_threshold
     free = token_match(golden, ported)
@@ -44,6 +45,7 @@ def run(session) -> dict:
         "first_divergence": free.first_divergence,
         "divergences": divergences,
         "free_running_divergences": free_divergences,
+        **reference.figures(),
     }
     figures.update(margin_aware_token_match(free, forced, golden_logits, ported, session.spec.port.dtype))
     problems = []
@@ -67,6 +69,7 @@ def run(session) -> dict:
         figures.update(logit)
         if logit_problem:
             problems.append(logit_problem)
+    figures["hf_model_loaded"] = "hf_model" in vars(session)
     if problems:
         detail = "\n".join(f"  {d['text']}" for d in divergences[:10])
         raise StageFailure(
@@ -76,36 +79,18 @@ def run(session) -> dict:
 
 
 def _teacher_forced_logits(session, golden: list[list[int]]):
-    """Logits predicting each golden token, from the HF FP32 model and from the compiled port,
-    both scoring prompt + golden continuation in one pass."""
+    """Logits predicting each golden token, from the HF FP32 golden (cached) and from the compiled port
+    scoring prompt + golden continuation in one pass (encoder-decoder: the decoder scores start token +
+    golden continuation given the prompt as encoder input)."""
     if session.is_encoder_decoder:
-        return _teacher_forced_logits_seq2seq(session, golden)
-    sequences = [prompt + tokens for prompt, tokens in zip(session.prompt_ids, golden)]
-    port_all = session.compiled_model.score(sequences)
-    golden_out, port_out = [], []
-    with torch.inference_mode():
-        for prompt, seq, port_logits in zip(session.prompt_ids, sequences, port_all):
-            hf_logits = session.hf_model(torch.tensor([seq])).logits[0].float()
-            window = slice(len(prompt) - 1, len(seq) - 1)
-            golden_out.append(hf_logits[window])
-            port_out.append(port_logits[window])
-    return golden_out, port_out
-
-
-def _teacher_forced_logits_seq2seq(session, golden: list[list[int]]):
-    """Encoder-decoder: the decoder scores start token + golden continuation given the prompt as
-    encoder input, in HF FP32 and in the compiled port."""
-    start = session.hf_config.decoder_start_token_id
-    sequences = [[start] + tokens for tokens in golden]
-    port_all = session.compiled_model.score(sequences, sources=session.prompt_ids)
-    golden_out, port_out = [], []
-    with torch.inference_mode():
-        for prompt, seq, port_logits in zip(session.prompt_ids, sequences, port_all):
-            hf = session.hf_model(input_ids=torch.tensor([prompt]), decoder_input_ids=torch.tensor([seq]))
-            window = slice(0, len(seq) - 1)
-            golden_out.append(hf.logits[0].float()[window])
-            port_out.append(port_logits[window])
-    return golden_out, port_out
+        start = session.hf_config.decoder_start_token_id
+        port_all = session.compiled_model.score([[start] + t for t in golden], sources=session.prompt_ids)
+        windows = [slice(0, len(t)) for t in golden]
+    else:
+        port_all = session.compiled_model.score([p + t for p, t in zip(session.prompt_ids, golden)])
+        windows = [slice(len(p) - 1, len(p) - 1 + len(t)) for p, t in zip(session.prompt_ids, golden)]
+    port_out = [logits[window] for logits, window in zip(port_all, windows)]
+    return session.golden_reference.logits, port_out
 
 
 def _divergences(session, golden_logits, forced) -> list[dict]:

@@ -1,7 +1,8 @@
 """The golden stage's check of the token-generation path: decode-step parity and the logit check.
 
 The golden tokens are fed one at a time through the compiled token-generation graphs and every step's
-logits are compared with HF's logits at the same positions (one teacher-forced HF forward): FP32 strict
+logits are compared with HF's logits at the same positions (one teacher-forced HF forward, cached with the
+golden): FP32 strict
 in FP32, the three-tensor ratio against HF run in the same low precision otherwise. The logit check
 (``--autoport-golden-mode=logit``) judges the same token-generation logits, as NxD Inference's own
 check does, with NxDI's fixed tolerances or with tolerances calibrated to the dtype.
@@ -33,21 +34,6 @@ class DecodeRun:
     positions: list[list[int]]
 
 
-def reference_logits(session, model, golden: list[list[int]]) -> list[torch.Tensor]:
-    """HF logits predicting each golden token, from one teacher-forced forward per prompt, as float32."""
-    out = []
-    with torch.inference_mode():
-        for prompt, tokens in zip(session.prompt_ids, golden):
-            if session.is_encoder_decoder:
-                seq = [session.hf_config.decoder_start_token_id] + tokens
-                logits = model(input_ids=torch.tensor([prompt]), decoder_input_ids=torch.tensor([seq])).logits
-                out.append(logits[0, : len(tokens)].float())
-            else:
-                logits = model(torch.tensor([prompt + tokens])).logits
-                out.append(logits[0, len(prompt) - 1 : len(prompt) - 1 + len(tokens)].float())
-    return out
-
-
 def low_precision(session) -> bool:
     return session.spec.port.dtype != "float32"
 
@@ -57,7 +43,7 @@ def run_decode(session, golden: list[list[int]], hf_fp32: list[torch.Tensor]) ->
     if not hasattr(compiled, "decode_teacher_forced"):
         return None
     forced = compiled.decode_teacher_forced(session.prompt_ids, golden)
-    hf_lp = reference_logits(session, session.hf_model_lp, golden) if low_precision(session) else None
+    hf_lp = session.golden_reference.logits_lp if low_precision(session) else None
     return DecodeRun(forced.logits, hf_fp32, hf_lp, forced.graphs, forced.positions)
 
 

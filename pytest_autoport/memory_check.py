@@ -1,0 +1,140 @@
+"""Will the FP32 HF reference fit? Estimated before it is loaded, so a run too big for the machine says so
+with the figures instead of being killed by the kernel halfway through loading.
+
+Estimate: parameters (counted from the safetensors headers, no tensor read) x 4 bytes, plus 10% and
+256 MiB for activations and loading. Available: psutil's figure where installed, else MemAvailable in
+/proc/meminfo, lowered to the cgroup's remaining limit when there is one. ``AUTOPORT_AVAILABLE_MEMORY``
+(bytes, or with a K/M/G/T suffix) replaces the measured figure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from pathlib import Path
+
+from .errors import AutoportError
+
+AVAILABLE_ENV = "AUTOPORT_AVAILABLE_MEMORY"
+FP32_BYTES = 4
+MARGIN_FRACTION = 0.10
+MARGIN_BYTES = 256 << 20
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+class ReferenceTooLarge(AutoportError):
+    """The FP32 reference would not fit in the memory available; it was not loaded."""
+
+
+def parse_size(text: str) -> int:
+    """``"512M"``, ``"2G"``, ``"1.5GiB"``, ``"1048576"`` -> bytes."""
+    raw = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = raw[-1:] if raw[-1:] in _UNITS and raw[-1:] else ""
+    try:
+        value = float(raw[: len(raw) - len(unit)] if unit else raw)
+    except ValueError:
+        raise AutoportError(
+            f"{AVAILABLE_ENV}={text!r}: expected bytes or a size such as 512M or 16G"
+        ) from None
+    return int(value * _UNITS[unit])
+
+
+def parameter_count(weights_dir: Path) -> int:
+    """Elements of every tensor in the checkpoint's safetensors files, read from their headers."""
+    total = 0
+    for file in sorted(Path(weights_dir).glob("*.safetensors")):
+        with open(file, "rb") as handle:
+            (length,) = struct.unpack("<Q", handle.read(8))
+            header = json.loads(handle.read(length))
+        for name, info in header.items():
+            if name != "__metadata__":
+                count = 1
+                for dim in info["shape"]:
+                    count *= dim
+                total += count
+    return total
+
+
+def reference_estimate(parameters: int) -> dict:
+    weights = parameters * FP32_BYTES
+    margin = int(weights * MARGIN_FRACTION) + MARGIN_BYTES
+    return {
+        "parameters": parameters,
+        "weights_bytes": weights,
+        "margin_bytes": margin,
+        "bytes": weights + margin,
+    }
+
+
+def available_memory() -> tuple[int | None, str]:
+    """(bytes available to this process, where the figure comes from); (None, why) when unknown."""
+    forced = os.environ.get(AVAILABLE_ENV)
+    if forced:
+        return parse_size(forced), f"{AVAILABLE_ENV}={forced}"
+    found: list[tuple[int, str]] = []
+    try:
+        import psutil
+
+        found.append((int(psutil.virtual_memory().available), "psutil available memory"))
+    except ImportError:
+        meminfo = _meminfo_available()
+        if meminfo is not None:
+            found.append((meminfo, "MemAvailable in /proc/meminfo"))
+    cgroup = _cgroup_remaining()
+    if cgroup is not None:
+        found.append(cgroup)
+    if not found:
+        return None, "no memory figure on this system"
+    return min(found)
+
+
+def _meminfo_available() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _cgroup_remaining() -> tuple[int, str] | None:
+    """The cgroup's limit minus its usage (v2, then v1), or None without a limit."""
+    for limit_file, usage_file in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+    ):
+        try:
+            limit_text = Path(limit_file).read_text().strip()
+            if limit_text == "max":
+                continue
+            limit, usage = int(limit_text), int(Path(usage_file).read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if limit >= 1 << 60:  # cgroup v1 writes "no limit" as a huge number
+            continue
+        return max(0, limit - usage), f"cgroup limit {_gib(limit)} less {_gib(usage)} in use ({limit_file})"
+    return None
+
+
+def _gib(size: int) -> str:
+    return f"{size / (1 << 30):.2f} GiB"
+
+
+def check_reference_fits(weights_dir: Path) -> dict:
+    """Figures of the estimate; raises :class:`ReferenceTooLarge` when the reference will not fit."""
+    estimate = reference_estimate(parameter_count(weights_dir))
+    available, source = available_memory()
+    figures = {**estimate, "available_bytes": available, "available_from": source}
+    if available is None or estimate["bytes"] <= available:
+        return figures
+    raise ReferenceTooLarge(
+        f"the FP32 HF reference of {weights_dir} will not fit in memory, so it was not loaded: it needs about "
+        f"{_gib(estimate['bytes'])} ({estimate['parameters']:,} parameters x {FP32_BYTES} bytes = "
+        f"{_gib(estimate['weights_bytes'])}, plus {_gib(estimate['margin_bytes'])} for activations and "
+        f"loading) and {_gib(available)} is available ({source}). A streaming (layer-by-layer) reference is "
+        "not written yet: run on a machine with more memory, or copy a golden cache built elsewhere into "
+        f"agent_artifacts/golden/ (a cached golden needs no HF model); {AVAILABLE_ENV} overrides the "
+        "available figure"
+    )
