@@ -46,9 +46,7 @@ def torch_port(hf_class, prefix, port_class, report) -> str:
 def seq2seq_port(hf_class, prefix, report, modules) -> str:
     items = []
     if "decoder.block.1.layer.0.SelfAttention.relative_attention_bias" in modules:
-        items.append(
-            "every layer has its own relative_attention_bias: the skeleton shares the first layer's"
-        )
+        items.append("every layer has its own relative_attention_bias: the skeleton shares the first layer's")
     return _template("seq2seq_port.py.txt").format(
         hf_class=hf_class, Prefix=prefix, todo=_docstring_todo(items)
     )
@@ -85,12 +83,12 @@ def nxdi_todo(report, hf_model, config) -> list[str]:
     if any("Gemma" in c for c in report["norm"]["classes"]):
         items.append("Gemma RMSNorm scales by (1 + weight): the skeleton's norm scales by weight")
     if report["norm"]["placement"] != "pre-norm":
-        items.append(f"norm placement {report['norm']['placement']}: the skeleton's decoder layer is pre-norm")
+        items.append(
+            f"norm placement {report['norm']['placement']}: the skeleton's decoder layer is pre-norm"
+        )
     layers = report["sliding_window"]["layers"]
     if layers and layers != "all":
-        items.append(
-            f"sliding window on layers {layers} only: the skeleton gives every layer full attention"
-        )
+        items.append(f"sliding window on layers {layers} only: the skeleton gives every layer full attention")
     head_dim = report["attention"]["head_dim"]
     q_norm = _module(hf_model, "model.layers.0.self_attn.q_norm")
     if q_norm is not None and getattr(q_norm, "weight", None) is not None:

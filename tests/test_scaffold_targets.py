@@ -70,6 +70,12 @@ def test_nxdi_scaffold_maps_the_analysis_onto_nxdi_modules(name, tmp_path):
         assert modules["q_norm"] == "layers.{i}.self_attn.q_layernorm"
     if name == "qwen2":
         assert "qkv_bias=True" in text
+    window = 'sliding_window = getattr(config, "sliding_window", None)'
+    # every layer windowed: the attention and the base model's masks both need it (real NxDI: a
+    # Mistral skeleton without the model's one gave rel_fro 0.02 from position 33 on, with it 0)
+    assert text.count(window.replace(" = ", "=")) + text.count(window) == (
+        2 if name in ("mistral", "phi3") else 0
+    )
     assert check_port([port_file], hf_class_names(spec.model.hf_model_class), {}) == []
     config = load_config(model_type, overrides)
     assert preflight(analyze(config), port_text=text, config=config) == []
@@ -129,7 +135,9 @@ def test_scaffold_refuses_what_it_cannot_write(tmp_path):
     from pytest_autoport.errors import AutoportError
     from pytest_autoport.scaffold import scaffold
 
-    with pytest.raises(AutoportError, match="t5 is an encoder-decoder model: the nxdi target runs decoder-only"):
+    with pytest.raises(
+        AutoportError, match="t5 is an encoder-decoder model: the nxdi target runs decoder-only"
+    ):
         scaffold("t5", "mine", tmp_path, "nxdi")
     with pytest.raises(AutoportError, match=r"bart \(BartForConditionalGeneration\) .* without T5's layout"):
         scaffold("bart", "mine", tmp_path, overrides={"encoder_layers": 1, "decoder_layers": 1})
