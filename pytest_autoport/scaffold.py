@@ -98,7 +98,8 @@ def scaffold(
         )
     hf_model = build_on_meta(config)
     report = analyze(config, hf_model)
-    modules = {path for path, _ in hf_model.named_modules()}
+    # every path, shared modules included (T5's encoder.embed_tokens is its shared embedding)
+    modules = {path for path, _ in hf_model.named_modules(remove_duplicate=False)}
     hf_class = type(hf_model).__name__
     if seq2seq and "encoder.block.0.layer.0.SelfAttention" not in modules:
         raise AutoportError(

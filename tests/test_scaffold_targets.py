@@ -31,6 +31,8 @@ NXDI_TODO = {
     "qwen3": [],
     "qwen3_moe": ["mixture of experts (8 experts, top 2)"],
 }
+# items that depend on the transformers version's config defaults (Gemma 3's linear RoPE scaling in 4.57)
+NXDI_TODO_MAYBE = {"gemma3": ["RoPE scaling 'linear'"]}
 NXDI_MISSING = importlib.util.find_spec("neuronx_distributed_inference") is None
 
 
@@ -46,12 +48,10 @@ def test_nxdi_scaffold_maps_the_analysis_onto_nxdi_modules(name, tmp_path):
     from pytest_autoport.hygiene import check_port, hf_class_names
     from pytest_autoport.scaffold import scaffold
     from pytest_autoport.spec import load_spec
-    from pytest_autoport.spec_checks import check_tiny_keys
 
     model_type, overrides = CASES[name]
     spec_file, port_file = scaffold(model_type, f"my_{name}", tmp_path, "nxdi", overrides)
-    spec = load_spec(spec_file, tmp_path, check_imports=False)
-    check_tiny_keys(spec)
+    spec = load_spec(spec_file, tmp_path, check_imports=False)  # [tiny]: as tests/test_scaffold.py
     assert spec.port.target == "nxdi"
     modules = {c.name: c.port_module for c in spec.components}
     assert modules["embedding"] == "embed_tokens" and modules["lm_head"] == "lm_head"
@@ -61,7 +61,7 @@ def test_nxdi_scaffold_maps_the_analysis_onto_nxdi_modules(name, tmp_path):
     for module in ("NeuronBaseForCausalLM", "NeuronAttentionBase", "ColumnParallelLinear", "InferenceConfig"):
         assert module in text
     assert "def convert_hf_to_neuron_state_dict" in text
-    todo = _todo(port_file)
+    todo = [item for item in _todo(port_file) if not any(f in item for f in NXDI_TODO_MAYBE.get(name, ()))]
     assert len(todo) == len(NXDI_TODO[name]) and all(
         fragment in item for fragment, item in zip(NXDI_TODO[name], todo, strict=True)
     ), todo
