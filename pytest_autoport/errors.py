@@ -1,5 +1,9 @@
 """Exceptions the harness raises on purpose; each carries a message meant for the user."""
 
+from contextlib import contextmanager
+
+FIGURES_ATTR = "autoport_figures"  # figures a stage had gathered when an unexpected error cut it short
+
 
 class AutoportError(Exception):
     """Base class: the message is complete and shown without a traceback."""
@@ -32,3 +36,19 @@ class StageFailure(AutoportError):
 
 class TargetUnavailable(AutoportError):
     """The selected target cannot run on this machine (the stage is skipped, not failed)."""
+
+
+@contextmanager
+def figures_on_error(figures: dict):
+    """An unexpected error inside the block carries ``figures`` (what the stage knew so far) to the
+    report, so a crash in the port's own code still shows them."""
+    try:
+        yield
+    except AutoportError:
+        raise
+    except Exception as exc:
+        try:
+            setattr(exc, FIGURES_ATTR, dict(figures))
+        except (AttributeError, TypeError):  # an exception type without a __dict__
+            pass
+        raise

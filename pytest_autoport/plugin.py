@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from .errors import AutoportError, SpecError, StageFailure, TargetUnavailable
+from .errors import FIGURES_ATTR, AutoportError, SpecError, StageFailure, TargetUnavailable
 from .results import FIGURE_PREFIX, NOT_RUN_HERE, SUPERSEDED
 from .session import AutoportSession, Options
+from .shared_steps import SharedStepFailed, running
 from .spec import PortSpec, find_spec_file, load_spec
 from .verdict_reporter import STAGE_KEY, VerdictReporter, stage_of
 
@@ -255,6 +256,7 @@ class StageItem(pytest.Item):
             ]
             if failed:
                 pytest.skip(f"prerequisite stage {failed[0]} did not pass ({self.state.outcomes[failed[0]]})")
+        running(session, self.planned.id)
         try:
             figures = stage.run(session, **self.planned.params)
         except StageFailure as exc:
@@ -263,6 +265,13 @@ class StageItem(pytest.Item):
             raise exc from None
         except TargetUnavailable as exc:
             self._skip_unavailable(str(exc))
+        except SharedStepFailed as exc:  # the item that ran the step shows its error
+            pytest.skip(str(exc))
+        except Exception as exc:
+            self._add_figures(getattr(exc, FIGURES_ATTR, {}))
+            raise
+        finally:
+            running(session, None)
         self._add_figures(figures or {})
 
     def _with_moe_hint(self, failure: StageFailure) -> StageFailure:

@@ -12,6 +12,7 @@ from functools import cached_property
 from pathlib import Path
 
 from .errors import AutoportError, StageFailure
+from .shared_steps import shared_step
 from .spec import PortSpec
 
 DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
@@ -95,13 +96,13 @@ class AutoportSession:
 
         return AutoTokenizer.from_pretrained(self.weights.path)
 
-    @cached_property
+    @shared_step("HF model load")
     def hf_model(self):
         from .hf_reference import load_hf_model
 
         return load_hf_model(self.spec.model.hf_model_class, self.weights.path, self.spec.path)
 
-    @cached_property
+    @shared_step("HF checkpoint read")
     def hf_state_dict(self) -> dict:
         from .checkpoint import load_state_dict
 
@@ -204,7 +205,7 @@ class AutoportSession:
         self.spec = dataclasses.replace(self.spec, components=resolved)
         return entries
 
-    @cached_property
+    @shared_step("HF reference pass")
     def hf_trace(self):
         """(captures by HF path, logits) of one FP32 reference forward over the probe."""
         from .hf_reference import capture_modules
@@ -225,13 +226,13 @@ class AutoportSession:
         self._hf_encoder_hidden = result.get("encoder_hidden")
         return captures, result["logits"]
 
-    @cached_property
+    @shared_step("HF low-precision model")
     def hf_model_lp(self):
         import copy
 
         return copy.deepcopy(self.hf_model).to(self.lp_dtype)
 
-    @cached_property
+    @shared_step("HF low-precision reference pass")
     def hf_trace_lp(self):
         """The same reference forward pass with the HF model in the low-precision dtype."""
         from .hf_reference import capture_modules
@@ -244,7 +245,7 @@ class AutoportSession:
         captures = capture_modules(self.hf_model_lp, [hf for _, hf, _, _ in self.module_paths], run)
         return captures, result["logits"]
 
-    @cached_property
+    @shared_step("HF golden generation")
     def golden_tokens(self) -> list[list[int]]:
         from .hf_reference import greedy_golden
 
@@ -277,7 +278,7 @@ class AutoportSession:
 
         return getattr(torch, self.lp_dtype_name)
 
-    @cached_property
+    @shared_step("low-precision port")
     def port_lp(self):
         return self._port_copy(self.lp_dtype)
 
@@ -290,7 +291,7 @@ class AutoportSession:
             return self.target.port_in_dtype(self.spec, self.port, dtype)
         return copy.deepcopy(self.port).to(dtype)
 
-    @cached_property
+    @shared_step("port build and weight conversion")
     def mapping(self):
         import torch
 
@@ -304,7 +305,7 @@ class AutoportSession:
         hf_state, port_state = self.target.mapping_view(port, self.hf_state_dict)
         return check_mapping(convert, hf_state, port.config, port_state), port
 
-    @cached_property
+    @shared_step("converted-weight load")
     def port(self):
         """The eager port with converted weights loaded, in FP32."""
 
@@ -324,18 +325,18 @@ class AutoportSession:
             return self.port_lp
         return self._port_copy(dtype)
 
-    @cached_property
+    @shared_step("compile")
     def compiled(self):
         from .stages.compile import compile_port
 
         return compile_port(self)
 
-    @cached_property
+    @shared_step("compiled-model load")
     def compiled_model(self):
         entry, result = self.compiled
         return self.target.load_compiled(self.spec, entry.path, result)
 
-    @cached_property
+    @shared_step("generation")
     def generation(self):
         """The ``generate`` stage's run, with the spec's sampling settings."""
         from .generation import SamplingParams
@@ -353,7 +354,7 @@ class AutoportSession:
         )
         return self.compiled_model.generate(self.prompt_ids, params)
 
-    @cached_property
+    @shared_step("greedy run of the compiled port")
     def golden_run(self):
         """The compiled port's greedy continuation, exactly as long as the golden's."""
         from .generation import SamplingParams
