@@ -23,13 +23,14 @@ class SpecError(AutoportError):
 class StageFailure(AutoportError):
     """A stage ran and the port failed its check. ``figures`` travel to the report."""
 
-    def __init__(self, message: str, figures: dict | None = None):
-        from .kb import likely_cause
+    def __init__(self, message: str, figures: dict | None = None, cause=None):
+        """``cause``: a ``kb.Cause`` found from the stage's figures; by default the message's own."""
+        from .kb import likely_cause_of
 
         self.detail = message  # without the likely-cause line
-        cause = likely_cause(message)
-        if cause is not None:
-            message += f"\nlikely cause: {cause.title} ({cause.file})"
+        self.cause = cause if cause is not None else likely_cause_of(message)
+        if self.cause is not None:
+            message += f"\n{self.cause.line()}"
         super().__init__(message)
         self.figures = figures or {}
 

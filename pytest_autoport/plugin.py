@@ -260,7 +260,7 @@ class StageItem(pytest.Item):
         try:
             figures = stage.run(session, **self.planned.params)
         except StageFailure as exc:
-            exc = self._with_moe_hint(exc)
+            exc = self._with_likely_cause(self._with_moe_hint(exc))
             self._add_figures(exc.figures)
             raise exc from None
         except TargetUnavailable as exc:
@@ -290,6 +290,24 @@ class StageItem(pytest.Item):
         if hint is None or hint in failure.detail:
             return failure
         return StageFailure(f"{failure.detail}\n{hint}", {**failure.figures, "moe_hint": hint})
+
+    def _with_likely_cause(self, failure: StageFailure) -> StageFailure:
+        """The failure naming its likely cause from its figures where a metric signature fits (a hint
+        only: the stage fails either way), and the cause in its figures (``likely_cause``)."""
+        from .kb import likely_cause_of
+        from .kb_metrics import stage_facts
+
+        planned = self.planned
+        facts = stage_facts(
+            planned.id, planned.stage.name, planned.params, failure.figures, self.state.outcomes
+        )
+        detail = "\n".join(
+            line for line in failure.detail.splitlines() if not line.startswith("likely cause: ")
+        )
+        cause = likely_cause_of(detail, facts)
+        if cause is None:
+            return failure
+        return StageFailure(detail, {**failure.figures, "likely_cause": cause.to_dict()}, cause=cause)
 
     def _skip_unavailable(self, reason: str) -> None:
         """Skip: the target cannot run this stage here. A stage skipped only for the missing
