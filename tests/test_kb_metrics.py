@@ -336,3 +336,26 @@ def test_shared_step_fails_once_then_names_the_item_that_showed_it():
         with pytest.raises(TargetUnavailable):
             session.target  # noqa: B018
     assert session.trace == session.trace == "captures" and _Session.built == 2
+
+
+def test_failed_stage_key_figure_names_the_ports_line_and_keeps_the_weights_figures():
+    from pytest_autoport.errors import FIGURES_ATTR, figures_on_error
+    from pytest_autoport.results import StageRecord, key_figure
+
+    message = (
+        "RuntimeError: split_with_sizes expects split_sizes to sum exactly to 64 (input tensor's size at "
+        "dimension 0), but got split_sizes=[64, 3]\n"
+        "  neuron_port/llama/modeling_llama.py:84 in convert_hf_to_neuron_state_dict\n"
+        "      a, b = q.split([q.shape[0], 3])\n"
+        "  raised in /venv/lib/python3.11/site-packages/torch/_tensor.py:1059 in split\n"
+    )
+    figures = {"weights_kind": "tiny-trained", "hf_tensors": 21}
+    rec = StageRecord(
+        "weights", "weights", "x", "failed", figures=figures, message=message, traceback="Trace"
+    )
+    shown = key_figure(rec)
+    assert shown.startswith("RuntimeError: split_with_sizes expects")
+    assert shown.endswith("... at neuron_port/llama/modeling_llama.py:84") and len(shown) <= 110
+    with pytest.raises(RuntimeError) as raised, figures_on_error(figures):
+        raise RuntimeError("split_with_sizes")
+    assert getattr(raised.value, FIGURES_ATTR) == figures  # the plugin adds them to the failed stage
