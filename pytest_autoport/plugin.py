@@ -298,9 +298,12 @@ class StageItem(pytest.Item):
         from .kb_metrics import stage_facts
 
         planned = self.planned
-        facts = stage_facts(
-            planned.id, planned.stage.name, planned.params, failure.figures, self.state.outcomes
-        )
+        try:
+            facts = stage_facts(
+                planned.id, planned.stage.name, planned.params, failure.figures, self.state.outcomes
+            )
+        except (AttributeError, KeyError, TypeError, ValueError):  # odd figures: the message's cause stands
+            return failure
         detail = "\n".join(
             line for line in failure.detail.splitlines() if not line.startswith("likely cause: ")
         )
