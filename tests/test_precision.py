@@ -76,6 +76,11 @@ def test_nan_inside_one_layer_is_reported_in_that_layer(port_project):
     assert statuses["component[decoder_layer-layer0]"] == "passed"
     assert statuses["component[decoder_layer-layer1]"] == "failed"
     assert "NaN" in port_project.stage("component[decoder_layer-layer1]")["message"]
+    cause = port_project.stage("component[decoder_layer-layer1]")["figures"]["likely_cause"]
+    assert (
+        cause["file"] == "kb/accuracy_debugging.md"
+        and cause["signature"] == "stage=component|model nonfinite=yes"
+    )
     model = port_project.stage("model")
     assert model["figures"]["first_divergence"] == "model.layers.1"
     rows = {r["module"]: r for r in model["figures"]["localisation"]}
