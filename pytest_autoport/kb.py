@@ -108,8 +108,11 @@ def search(text: str) -> list[Topic]:
     words = {w for w in re.findall(r"[a-z_]{3,}", text.lower())}
     matched = [t for t in topics() if any(p.search(text) for p in t.signatures)]
 
-    def overlap(topic):
-        return len(words & set(re.findall(r"[a-z_]{3,}", topic.text.lower())))
+    def overlap(topic):  # words of a metric signature's description count twice
+        whys = " ".join(m.why for m in topic.metric_signatures).lower()
+        return len(words & set(re.findall(r"[a-z_]{3,}", topic.text.lower()))) + len(
+            words & set(re.findall(r"[a-z_]{3,}", whys))
+        )
 
     rest = sorted((t for t in topics() if t not in matched and overlap(t)), key=overlap, reverse=True)
     return matched + rest

@@ -359,3 +359,17 @@ def test_failed_stage_key_figure_names_the_ports_line_and_keeps_the_weights_figu
     with pytest.raises(RuntimeError) as raised, figures_on_error(figures):
         raise RuntimeError("split_with_sizes")
     assert getattr(raised.value, FIGURES_ATTR) == figures  # the plugin adds them to the failed stage
+
+
+@pytest.mark.parametrize(
+    ("text", "first"),
+    [
+        ("teacher-forced ok, free-running fails", "kb/kv_cache_and_decoding.md"),
+        ("error grows with position", "kb/attention_and_rope.md"),
+    ],
+)
+def test_kb_search_finds_a_metric_signatures_topic_by_its_description(capsys, text, first):
+    from pytest_autoport.cli import main
+
+    assert main(["kb", "search", text]) == 0
+    assert capsys.readouterr().out.splitlines()[0].startswith(first)
