@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .errors import StageFailure
 from .numerics import compare, judge_ratio, judge_strict, three_tensor_ratio
+from .position_profile import position_profile
 
 FP32_REL_TOL = 1e-4
 DEFAULT_BAND = (0.8, 1.2)
@@ -63,6 +64,7 @@ def check_low_precision(
 
 
 def _fail(message, figures, plot, actual, expected, reference_lp):
+    figures.update(position_profile(actual, expected, reference_lp))
     if plot is not None:
         from .plots import save_error_plots
 

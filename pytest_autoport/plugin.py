@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from .errors import AutoportError, SpecError, StageFailure, TargetUnavailable
+from .errors import FIGURES_ATTR, AutoportError, SpecError, StageFailure, TargetUnavailable
 from .results import FIGURE_PREFIX, NOT_RUN_HERE, SUPERSEDED
 from .session import AutoportSession, Options
+from .shared_steps import SharedStepFailed, running
 from .spec import PortSpec, find_spec_file, load_spec
 from .verdict_reporter import STAGE_KEY, VerdictReporter, stage_of
 
@@ -289,14 +290,22 @@ class StageItem(pytest.Item):
             ]
             if failed:
                 pytest.skip(f"prerequisite stage {failed[0]} did not pass ({self.state.outcomes[failed[0]]})")
+        running(session, self.planned.id)
         try:
             figures = stage.run(session, **self.planned.params)
         except StageFailure as exc:
-            exc = self._with_moe_hint(exc)
+            exc = self._with_likely_cause(self._with_moe_hint(exc))
             self._add_figures(exc.figures)
             raise exc from None
         except TargetUnavailable as exc:
             self._skip_unavailable(str(exc))
+        except SharedStepFailed as exc:  # the item that ran the step shows its error
+            pytest.skip(str(exc))
+        except Exception as exc:
+            self._add_figures(getattr(exc, FIGURES_ATTR, {}))
+            raise
+        finally:
+            running(session, None)
         self._add_figures(figures or {})
 
     def _with_moe_hint(self, failure: StageFailure) -> StageFailure:
@@ -315,6 +324,27 @@ class StageItem(pytest.Item):
         if hint is None or hint in failure.detail:
             return failure
         return StageFailure(f"{failure.detail}\n{hint}", {**failure.figures, "moe_hint": hint})
+
+    def _with_likely_cause(self, failure: StageFailure) -> StageFailure:
+        """The failure naming its likely cause from its figures where a metric signature fits (a hint
+        only: the stage fails either way), and the cause in its figures (``likely_cause``)."""
+        from .kb import likely_cause_of
+        from .kb_metrics import stage_facts
+
+        planned = self.planned
+        try:
+            facts = stage_facts(
+                planned.id, planned.stage.name, planned.params, failure.figures, self.state.outcomes
+            )
+        except (AttributeError, KeyError, TypeError, ValueError):  # odd figures: the message's cause stands
+            return failure
+        detail = "\n".join(
+            line for line in failure.detail.splitlines() if not line.startswith("likely cause: ")
+        )
+        cause = likely_cause_of(detail, facts)
+        if cause is None:
+            return failure
+        return StageFailure(detail, {**failure.figures, "likely_cause": cause.to_dict()}, cause=cause)
 
     def _skip_unavailable(self, reason: str) -> None:
         """Skip: the target cannot run this stage here. A stage skipped only for the missing

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -115,8 +116,10 @@ class Verdict:
 
 def key_figure(rec: StageRecord) -> str:
     f = rec.figures
-    if rec.status == "skipped" or (rec.status in ("failed", "error") and not f):
-        return rec.message.splitlines()[0][:70] if rec.message else ""
+    if rec.status == "skipped":
+        return rec.message.splitlines()[0][:100] if rec.message else ""
+    if rec.status in ("failed", "error") and (rec.traceback or not f):
+        return error_figure(rec.message)
     if rec.stage == "env":
         return f"torch {f.get('torch', '?')}, transformers {f.get('transformers', '?')}"
     if rec.stage == "weights":
@@ -144,6 +147,20 @@ def key_figure(rec: StageRecord) -> str:
 
 
 _GOLDEN_CACHE = {"hit": "cached", "miss": "computed", "rebuilt": "rebuilt"}
+_USER_FRAME = re.compile(r"^  (\S+:\d+) in \S+$", re.MULTILINE)  # as failure_text.short_failure writes it
+
+
+def error_figure(message: str, width: int = 110) -> str:
+    """An error's first line, shortened, and the innermost frame in the user's code it names."""
+    if not message:
+        return ""
+    first = message.splitlines()[0]
+    frames = _USER_FRAME.findall(message)
+    if not frames:
+        return first[:width]
+    where = f" at {frames[-1]}"
+    room = max(width - len(where), 30)
+    return (first if len(first) <= room else first[: room - 3] + "...") + where
 
 
 def _num(value, fmt: str = ".2e") -> str:

@@ -12,6 +12,7 @@ from functools import cached_property
 from pathlib import Path
 
 from .errors import AutoportError, StageFailure
+from .shared_steps import shared_step
 from .spec import PortSpec
 
 DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
@@ -104,7 +105,7 @@ class AutoportSession:
 
         return AutoTokenizer.from_pretrained(self.weights.path)
 
-    @cached_property
+    @shared_step("HF model load")
     def hf_model(self):
         """The FP32 HF reference, after checking that it fits in the memory available."""
         from .hf_reference import load_hf_model
@@ -113,7 +114,7 @@ class AutoportSession:
         self.reference_memory = check_reference_fits(self.weights.path)
         return load_hf_model(self.spec.model.hf_model_class, self.weights.path, self.spec.path)
 
-    @cached_property
+    @shared_step("HF checkpoint read")
     def hf_state_dict(self) -> dict:
         from .checkpoint import load_state_dict
 
@@ -216,7 +217,7 @@ class AutoportSession:
         self.spec = dataclasses.replace(self.spec, components=resolved)
         return entries
 
-    @cached_property
+    @shared_step("HF reference pass")
     def hf_trace(self):
         """(captures by HF path, logits) of one FP32 reference forward over the probe."""
         from .hf_reference import capture_modules
@@ -237,13 +238,13 @@ class AutoportSession:
         self._hf_encoder_hidden = result.get("encoder_hidden")
         return captures, result["logits"]
 
-    @cached_property
+    @shared_step("HF low-precision model")
     def hf_model_lp(self):
         import copy
 
         return copy.deepcopy(self.hf_model).to(self.lp_dtype)
 
-    @cached_property
+    @shared_step("HF low-precision reference pass")
     def hf_trace_lp(self):
         """The same reference forward pass with the HF model in the low-precision dtype."""
         from .hf_reference import capture_modules
@@ -256,7 +257,7 @@ class AutoportSession:
         captures = capture_modules(self.hf_model_lp, [hf for _, hf, _, _ in self.module_paths], run)
         return captures, result["logits"]
 
-    @cached_property
+    @shared_step("HF golden reference")
     def golden_reference(self):
         """The golden tokens and HF logits the golden stage compares with, from the golden cache
         (computed and stored on a miss; the HF model is not loaded on a hit)."""
@@ -289,7 +290,7 @@ class AutoportSession:
 
         return getattr(torch, self.lp_dtype_name)
 
-    @cached_property
+    @shared_step("low-precision port")
     def port_lp(self):
         return self._port_copy(self.lp_dtype)
 
@@ -302,7 +303,7 @@ class AutoportSession:
             return self.target.port_in_dtype(self.spec, self.port, dtype)
         return copy.deepcopy(self.port).to(dtype)
 
-    @cached_property
+    @shared_step("port build and weight conversion")
     def mapping(self):
         import torch
 
@@ -316,7 +317,7 @@ class AutoportSession:
         hf_state, port_state = self.target.mapping_view(port, self.hf_state_dict)
         return check_mapping(convert, hf_state, port.config, port_state), port
 
-    @cached_property
+    @shared_step("converted-weight load")
     def port(self):
         """The eager port with converted weights loaded, in FP32."""
 
@@ -336,18 +337,18 @@ class AutoportSession:
             return self.port_lp
         return self._port_copy(dtype)
 
-    @cached_property
+    @shared_step("compile")
     def compiled(self):
         from .stages.compile import compile_port
 
         return compile_port(self)
 
-    @cached_property
+    @shared_step("compiled-model load")
     def compiled_model(self):
         entry, result = self.compiled
         return self.target.load_compiled(self.spec, entry.path, result)
 
-    @cached_property
+    @shared_step("generation")
     def generation(self):
         """The ``generate`` stage's run, with the spec's sampling settings."""
         from .generation import SamplingParams
@@ -365,7 +366,7 @@ class AutoportSession:
         )
         return self.compiled_model.generate(self.prompt_ids, params)
 
-    @cached_property
+    @shared_step("greedy run of the compiled port")
     def golden_run(self):
         """The compiled port's greedy continuation, exactly as long as the golden's."""
         from .generation import SamplingParams

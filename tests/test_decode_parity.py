@@ -126,6 +126,8 @@ def test_kv_cache_one_slot_off_in_token_generation_fails_golden_naming_the_step(
         in (golden["message"])
     )
     assert f"position {first['position']})" in golden["message"]
+    assert golden["figures"]["likely_cause"]["file"] == "kb/kv_cache_and_decoding.md"  # from the figures
+    assert golden["message"].endswith("(kb/kv_cache_and_decoding.md)")
 
 
 def test_rope_ignoring_decode_positions_fails_logit_mode(port_project):

@@ -32,6 +32,9 @@ def test_rmsnorm_variance_in_bf16_is_caught_by_ratio_only(port_project):
     plot = Path(failed["figures"]["plot"])
     assert plot.is_file() and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert f"error plot: {plot}" in failed["message"]
+    # exact in FP32, off in bf16 only: the norms topic, from the figures (a metric signature)
+    assert failed["message"].endswith("(kb/norms.md)") and "off only in low precision" in failed["message"]
+    assert failed["figures"]["likely_cause"]["signature"].startswith("stage=component|model kind=norm")
 
 
 def test_extra_float32_upcast_warns_of_over_precision(port_project):
@@ -73,6 +76,11 @@ def test_nan_inside_one_layer_is_reported_in_that_layer(port_project):
     assert statuses["component[decoder_layer-layer0]"] == "passed"
     assert statuses["component[decoder_layer-layer1]"] == "failed"
     assert "NaN" in port_project.stage("component[decoder_layer-layer1]")["message"]
+    cause = port_project.stage("component[decoder_layer-layer1]")["figures"]["likely_cause"]
+    assert (
+        cause["file"] == "kb/accuracy_debugging.md"
+        and cause["signature"] == "stage=component|model nonfinite=yes"
+    )
     model = port_project.stage("model")
     assert model["figures"]["first_divergence"] == "model.layers.1"
     rows = {r["module"]: r for r in model["figures"]["localisation"]}
@@ -134,6 +142,11 @@ def test_decode_only_kv_bug_passes_model_and_fails_golden_with_divergences(port_
     )
     assert "free-running output diverges at new token" in golden["message"]
     assert "the fault is in the token-generation path" in golden["message"]
+    assert golden["message"].endswith("(kb/kv_cache_and_decoding.md)")
+    assert (
+        golden["figures"]["likely_cause"]["signature"]
+        == "stage=golden teacher_forced=passed free_running=failed"
+    )
 
 
 def test_teacher_forced_divergences_carry_tokens_and_margins(port_project):

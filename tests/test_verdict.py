@@ -23,6 +23,9 @@ def test_correct_port_passes_every_stage(port_project):
     )
     summary = (port_project.root / "agent_artifacts" / "traces" / "port_summary.md").read_text()
     assert "**PASSED**" in summary and "`golden`" in summary
+    # hints come only with failures: a correct port's run names no likely cause anywhere
+    assert "likely cause" not in result.stdout.str() and "likely cause" not in summary
+    assert not any("likely_cause" in f for f in figures.values())
 
 
 def in_both_dtypes(*components: str) -> tuple[str, ...]:
@@ -79,6 +82,16 @@ def test_planted_logic_bug_fails_at_its_component(port_project, bug, failing, fi
     cause.update(missing_residual="accuracy_debugging", layernorm_for_rmsnorm="norms")
     message = port_project.stage(f"component[{failing}]")["message"]
     assert "likely cause: " in message and message.endswith(f"(kb/{cause[bug]}.md)")
+    # the decoder layer around the bug: its message alone says "decoder layer"; the RoPE bug's error
+    # growing with position names attention (a metric signature), the others' flat error does not
+    around = "attention_and_rope" if bug == "rope_theta" else "accuracy_debugging"
+    for dtype in ("", "-bfloat16"):
+        layer = port_project.stage(f"component[decoder_layer-layer0{dtype}]")
+        assert layer["message"].endswith(f"(kb/{around}.md)"), layer["message"]
+        assert layer["figures"]["likely_cause"]["file"] == f"kb/{around}.md"
+    if bug == "rope_theta":
+        assert "the error grows with position" in layer["message"]
+        assert layer["figures"]["position_growth"] >= 4 and layer["figures"]["position_error"][0] < 1.5
     assert "prerequisite stage model did not pass" in port_project.stage("compile")["message"]
 
 

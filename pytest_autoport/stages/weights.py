@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..checkpoint_folder import folder_problem, tokenizer_problem
-from ..errors import StageFailure
+from ..errors import StageFailure, figures_on_error
 from ..kv_cache import check_port_caches
 
 
@@ -12,7 +12,9 @@ def run(session) -> dict:
     problem = folder_problem(session.weights.path) or tokenizer_problem(lambda: session.tokenizer)
     if problem:
         raise StageFailure(problem, figures)
-    report, port = session.mapping
+    figures["hf_tensors"] = len(session.hf_state_dict)
+    with figures_on_error(figures):
+        report, port = session.mapping
     figures.update(report.figures(len(session.hf_state_dict), len(port.state_dict())))
     if not report.ok:
         raise StageFailure(report.message(), figures)

@@ -122,14 +122,24 @@ RAISE_IN_INIT = (
 
 def test_unexpected_error_reads_in_a_few_lines(port_project):
     port_project.replace(*RAISE_IN_INIT)
-    result = port_project.run("-k", "mlp-layer0 or model")  # each of the 4 items builds the port
+    # each of the 4 items needs the port's build
+    result = port_project.run("-k", "mlp-layer0 or model", "-rs", "--junitxml=junit.xml")
     out = result.stdout.str()
     assert result.ret == 1
     assert out.count("\nRuntimeError: attention cannot be built\n") == 1  # once in full
     assert "root cause: KeyError: 'rope_scaling'" in out
     assert "neuron_port/llama/modeling_llama.py:" in out  # the user's frame, named
-    failures_section = out.split(" autoport verdict ")[0]  # the summary lines below depend on the width
-    assert failures_section.count("(same error as component[mlp-layer0], shown above)") == 3
+    result.assert_outcomes(failed=1, skipped=3)  # the shared build fails once; what needs it skips
+    shared = "port build and weight conversion failed in component[mlp-layer0] (shown above)"
+    statuses = port_project.statuses()
+    assert [sid for sid, status in statuses.items() if status == "failed"] == ["component[mlp-layer0]"]
+    for sid in ("component[mlp-layer0-bfloat16]", "model", "model[bfloat16]"):
+        assert statuses[sid] == "skipped" and port_project.stage(sid)["message"] == shared, sid
+    assert "SKIPPED [3] " in out and out.count(shared) >= 4  # the table's three rows and -rs's line
+    junit = (port_project.root / "junit.xml").read_text()
+    assert junit.count(f'<skipped type="pytest.skip" message="{shared}"') == 3
+    table_row = next(line for line in out.splitlines() if line.startswith("component[mlp-layer0] "))
+    assert "RuntimeError: attention cannot be built at neuron_port/llama/modeling_llama.py:" in table_row
     assert "site-packages" not in out and "_pytest" not in out
     assert len(out.splitlines()) < 80, out
     first = port_project.stage("component[mlp-layer0]")
