@@ -101,6 +101,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "or NxD Inference's fixed (atol, rtol) map",
     )
     group.addoption(
+        "--autoport-golden-streaming",
+        action="store_true",
+        help="golden: score with the FP32 HF model loaded one decoder layer at a time, and judge the "
+        "port's own greedy trajectory instead of an HF free-running generation (models larger than memory)",
+    )
+    group.addoption(
         "--autoport-clean-cache",
         action="store_true",
         help="purge this spec's compiled artifacts (and failed/stale cache entries) before running",
@@ -201,6 +207,7 @@ class SpecFile(pytest.File):
                 compiler=state.option("autoport_compiler"),
                 golden_mode=state.option("autoport_golden_mode"),
                 logit_tolerance=state.option("autoport_logit_tolerance"),
+                golden_streaming=bool(state.option("autoport_golden_streaming")),
             )
             session = AutoportSession(spec, options)
             session.check_inputs()

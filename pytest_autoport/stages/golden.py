@@ -18,15 +18,18 @@ from ..discrete import margin_aware_token_match
 from ..errors import StageFailure
 from ..numerics import teacher_forced_match, token_match
 from .golden_decode import decode_parity, logit_figures
+from .golden_reference import reference_figures, reference_note, reference_scores, scored_sequence, streaming
 
 
 def run(session) -> dict:
     mode = session.options.golden_mode
-    golden = session.golden_tokens
     ported = session.golden_run.tokens
     threshold = session.spec.validation.token_match_threshold
+    scored = scored_sequence(session, ported)
+    golden_logits, port_logits = _teacher_forced_logits(session, scored)
+    # streaming: the golden token at each position is the reference's argmax after the port's own prefix
+    golden = [g.argmax(-1).tolist() for g in golden_logits] if streaming(session) else scored
     free = token_match(golden, ported)
-    golden_logits, port_logits = _teacher_forced_logits(session, golden)
     forced = [teacher_forced_match(g, p) for g, p in zip(golden_logits, port_logits)]
     forced_matched = sum(f["matched"] for f in forced)
     forced_total = sum(f["total"] for f in forced)
@@ -46,10 +49,12 @@ def run(session) -> dict:
         "free_running_divergences": free_divergences,
     }
     figures.update(margin_aware_token_match(free, forced, golden_logits, ported, session.spec.port.dtype))
+    figures.update(reference_figures(session))
     problems = []
     if mode in ("token", "all") and figures["token_match_margin_aware"] < threshold:
         problems.append(
-            f"greedy token match {free.rate:.1%} is below the threshold {threshold:.0%} "
+            reference_note(session)
+            + f"greedy token match {free.rate:.1%} is below the threshold {threshold:.0%} "
             f"(teacher-forced {figures['teacher_forced_match']:.1%}"
             + (f"; {figures['near_tie_note']})" if figures["near_tie_note"] else ")")
         )
@@ -59,9 +64,9 @@ def run(session) -> dict:
                 "teacher-forced scoring (one context-encoding pass) agrees with the golden: the fault is in "
                 "the token-generation path (KV-cache writes, decode positions, token-generation buckets)"
             )
-    figures["decode_parity"], decode_problem, decode_run = decode_parity(session, golden, golden_logits)
+    figures["decode_parity"], decode_problem, decode_run = decode_parity(session, scored, golden_logits)
     if decode_problem:
-        problems.append(decode_problem)
+        problems.append(reference_note(session) + decode_problem)
     if mode in ("logit", "all"):
         logit, logit_problem = logit_figures(session, decode_run, (golden_logits, port_logits))
         figures.update(logit)
@@ -83,9 +88,11 @@ def _teacher_forced_logits(session, golden: list[list[int]]):
     sequences = [prompt + tokens for prompt, tokens in zip(session.prompt_ids, golden)]
     port_all = session.compiled_model.score(sequences)
     golden_out, port_out = [], []
+    reference_all = reference_scores(session, sequences, torch.float32)
     with torch.inference_mode():
-        for prompt, seq, port_logits in zip(session.prompt_ids, sequences, port_all):
-            hf_logits = session.hf_model(torch.tensor([seq])).logits[0].float()
+        for prompt, seq, port_logits, hf_logits in zip(
+            session.prompt_ids, sequences, port_all, reference_all
+        ):
             window = slice(len(prompt) - 1, len(seq) - 1)
             golden_out.append(hf_logits[window])
             port_out.append(port_logits[window])

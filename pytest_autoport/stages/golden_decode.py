@@ -22,6 +22,7 @@ from ..numerics_logits import (
     judge_decode_steps_fp32,
     judge_decode_steps_ratio,
 )
+from .golden_reference import streamed_windows, streaming
 
 
 @dataclass
@@ -57,7 +58,11 @@ def run_decode(session, golden: list[list[int]], hf_fp32: list[torch.Tensor]) ->
     if not hasattr(compiled, "decode_teacher_forced"):
         return None
     forced = compiled.decode_teacher_forced(session.prompt_ids, golden)
-    hf_lp = reference_logits(session, session.hf_model_lp, golden) if low_precision(session) else None
+    hf_lp = None
+    if low_precision(session) and streaming(session):
+        hf_lp = streamed_windows(session, golden, session.lp_dtype)
+    elif low_precision(session):
+        hf_lp = reference_logits(session, session.hf_model_lp, golden)
     return DecodeRun(forced.logits, hf_fp32, hf_lp, forced.graphs, forced.positions)
 
 

@@ -1,0 +1,56 @@
+"""Which reference the golden stage scores against, and which sequence it scores.
+
+Default: the FP32 HF model held whole, scoring its own free-running greedy continuation.
+``--autoport-golden-streaming``: the HF model streamed one decoder layer at a time
+(``streaming_reference``), scoring the port's own greedy continuation, so that no HF generation (one
+full forward per new token) is needed and a model larger than memory can still be judged.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def streaming(session) -> bool:
+    return bool(getattr(session.options, "golden_streaming", False)) and not session.is_encoder_decoder
+
+
+def scored_sequence(session, ported: list[list[int]]) -> list[list[int]]:
+    """The continuations the references score: the port's own in streaming mode, else HF's greedy golden."""
+    return ported if streaming(session) else session.golden_tokens
+
+
+def reference_scores(session, sequences: list[list[int]], dtype) -> list[torch.Tensor]:
+    """Float32 reference logits [len(seq), vocab] of each full token sequence (decoder-only)."""
+    if streaming(session):
+        return session.streaming_reference(dtype).score(sequences)
+    model = session.hf_model if dtype == torch.float32 else session.hf_model_lp
+    with torch.inference_mode():
+        return [model(torch.tensor([seq])).logits[0].float() for seq in sequences]
+
+
+def streamed_windows(session, continuations: list[list[int]], dtype) -> list[torch.Tensor]:
+    """The streamed reference's logits predicting each continuation token after its prompt."""
+    sequences = [prompt + tokens for prompt, tokens in zip(session.prompt_ids, continuations)]
+    scores = session.streaming_reference(dtype).score(sequences)
+    return [
+        logits[len(prompt) - 1 : len(prompt) - 1 + len(tokens)]
+        for logits, prompt, tokens in zip(scores, session.prompt_ids, continuations)
+    ]
+
+
+def reference_figures(session) -> dict:
+    """Additive golden figures naming the reference and the scored sequence."""
+    if streaming(session):
+        return {"reference": "streaming", "scored_sequence": "port_greedy"}
+    return {"reference": "hf", "scored_sequence": "hf_greedy"}
+
+
+def reference_note(session) -> str:
+    """The prefix of a golden failure message in streaming mode (empty otherwise)."""
+    if not streaming(session):
+        return ""
+    return (
+        "[streaming FP32 reference, one decoder layer at a time; scored sequence: the port's own greedy "
+        "continuation, each token checked against the reference's argmax after the port's prefix] "
+    )
