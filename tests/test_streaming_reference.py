@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ import torch
 
 from pytest_autoport.errors import AutoportError
 from pytest_autoport.hf_reference import load_hf_model
+from pytest_autoport.spec import load_spec
 from pytest_autoport.streaming_reference import StreamingReference
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,7 +23,7 @@ LENGTHS = (5, 17, 11)  # right-padded in one batch: the padding must not change 
 
 
 def model_class(name: str) -> str:
-    return tomllib.loads((REPO / "port_specs" / f"{name}.toml").read_text())["model"]["hf_model_class"]
+    return load_spec(REPO / "port_specs" / f"{name}.toml", REPO, check_imports=False).model.hf_model_class
 
 
 def sequences(vocab: int, seed: int = 0) -> list[list[int]]:
