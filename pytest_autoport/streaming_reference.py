@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import re
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -79,9 +79,7 @@ class StreamingReference:
             model = cls._from_config(config, attn_implementation="eager", dtype=torch.float32)
         self.model = model.to(dtype).eval()  # floating buffers in the reference's dtype, as a cast model
         self.layers_path, self.layers = _decoder_layers(self.model, config.num_hidden_layers, model_class)
-        self._stack = ExitStack()
-        self._keys = _open_checkpoint(self.folder, self._stack)
-        self._by_layer = _group_by_layer(self._keys, self.layers_path)
+        self._by_layer = _group_by_layer(_checkpoint_keys(self.folder), self.layers_path)
         self._weight_mapping = _weight_mapping(self.model)
         self._load(self._by_layer.pop(None, []), what="outside the decoder layers")
         if hasattr(self.model, "tie_weights"):
@@ -98,9 +96,6 @@ class StreamingReference:
             layer.register_forward_pre_hook(lambda mod, args, index=index: self._materialize(index))
             layer.register_forward_hook(lambda mod, args, out: _to_meta(mod))
 
-    def close(self) -> None:
-        self._stack.close()
-
     def _materialize(self, index: int) -> None:
         layer = self.layers[index]
         self._load(self._by_layer.get(index, []), what=f"layer {index}")
@@ -113,8 +108,8 @@ class StreamingReference:
         live = sum(not _is_meta(other) for other in self.layers)
         self.max_materialized_layers = max(self.max_materialized_layers, live)
 
-    def _load(self, keys: list[tuple[str, object]], what: str) -> None:
-        tensors = {key: handle.get_tensor(key) for key, handle in keys}
+    def _load(self, keys: list[tuple[str, Path]], what: str) -> None:
+        tensors = _read(keys)
         if self.dequantize is not None:
             tensors = self.dequantize(tensors)
         _load_into(self.model, tensors, self._weight_mapping, self.dtype, f"{self.folder} ({what})")
@@ -161,8 +156,8 @@ def _decoder_layers(model, num_layers: int, model_class: str):
     raise AutoportError(f"streaming reference: cannot find the {num_layers} decoder layers of {model_class}")
 
 
-def _open_checkpoint(folder: Path, stack: ExitStack) -> list[tuple[str, object]]:
-    """(key, safe_open handle) of every tensor of the (possibly sharded) checkpoint, memory-mapped."""
+def _checkpoint_keys(folder: Path) -> list[tuple[str, Path]]:
+    """(key, file) of every tensor of the (possibly sharded) checkpoint, from the headers alone."""
     from safetensors import SafetensorError, safe_open
 
     index = folder / "model.safetensors.index.json"
@@ -175,20 +170,36 @@ def _open_checkpoint(folder: Path, stack: ExitStack) -> list[tuple[str, object]]
     keys = []
     for name in files:
         try:
-            handle = stack.enter_context(safe_open(str(folder / name), framework="pt"))
+            with safe_open(str(folder / name), framework="pt") as handle:
+                keys += [(key, folder / name) for key in handle.keys()]
         except (SafetensorError, OSError) as exc:
             raise AutoportError(f"{folder / name}: cannot read safetensors: {exc}") from None
-        keys += [(key, handle) for key in handle.keys()]
     return keys
+
+
+def _read(keys: list[tuple[str, Path]]) -> dict:
+    """The tensors of ``keys``, copied out of their memory-mapped files. Each file is mapped only while
+    its tensors are copied: a mapping kept open would keep every page ever read resident (and counted
+    in the process's RSS), which would add up to the whole checkpoint over one forward."""
+    from safetensors import safe_open
+
+    by_file: dict[Path, list[str]] = {}
+    for key, path in keys:
+        by_file.setdefault(path, []).append(key)
+    tensors = {}
+    for path, names in by_file.items():
+        with safe_open(str(path), framework="pt") as handle:
+            tensors.update((name, handle.get_tensor(name)) for name in names)
+    return tensors
 
 
 def _group_by_layer(keys, layers_path: str) -> dict:
     """Checkpoint keys by decoder layer index (None: outside the layers)."""
     pattern = re.compile(rf"^{re.escape(layers_path)}\.(\d+)\.")
     groups: dict = {}
-    for key, handle in keys:
+    for key, path in keys:
         match = pattern.match(key)
-        groups.setdefault(int(match.group(1)) if match else None, []).append((key, handle))
+        groups.setdefault(int(match.group(1)) if match else None, []).append((key, path))
     return groups
 
 
