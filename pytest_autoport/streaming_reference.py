@@ -218,7 +218,7 @@ def _load_into(model, tensors: dict, weight_mapping, dtype, where: str) -> None:
     if not tensors:
         return
     if weight_mapping is None:
-        _assign(model, tensors, dtype, where)
+        _assign(model, tensors, where)
         return
     from transformers.core_model_loading import convert_and_load_state_dict_in_model
     from transformers.modeling_utils import LoadStateDictConfig
@@ -233,19 +233,24 @@ def _load_into(model, tensors: dict, weight_mapping, dtype, where: str) -> None:
         )
 
 
-def _assign(model, tensors: dict, dtype, where: str) -> None:
-    params = dict(model.named_parameters(remove_duplicate=False))
+def _assign(model, tensors: dict, where: str) -> None:
+    """Checkpoint keys are the model's own names (transformers 4): set each parameter or persistent buffer."""
+    targets = dict(model.named_parameters(remove_duplicate=False))
+    targets.update(model.named_buffers(remove_duplicate=False))
     for key, tensor in tensors.items():
-        if key not in params:
-            raise AutoportError(f"{where}: checkpoint tensor {key!r} is no parameter of the model")
-        if tuple(tensor.shape) != tuple(params[key].shape):
+        if key not in targets:
+            raise AutoportError(f"{where}: checkpoint tensor {key!r} is no parameter or buffer of the model")
+        if tuple(tensor.shape) != tuple(targets[key].shape):
             raise AutoportError(
-                f"{where}: {key} has shape {tuple(tensor.shape)}, the model expects {tuple(params[key].shape)}"
+                f"{where}: {key} has shape {tuple(tensor.shape)}, the model expects {tuple(targets[key].shape)}"
             )
         module_path, _, name = key.rpartition(".")
         module = model.get_submodule(module_path) if module_path else model
-        value = tensor.to(dtype) if tensor.is_floating_point() else tensor
-        module._parameters[name] = torch.nn.Parameter(value, requires_grad=False)
+        value = tensor.to(targets[key].dtype) if tensor.is_floating_point() else tensor
+        if name in module._buffers:
+            module._buffers[name] = value
+        else:
+            module._parameters[name] = torch.nn.Parameter(value, requires_grad=False)
 
 
 @contextmanager
