@@ -145,3 +145,51 @@ def test_streaming_golden_catches_a_decode_only_bug(port_project):
     assert figures["teacher_forced_match"] == 1.0  # context encoding of the port's trajectory is right
     assert figures["free_running_divergences"]
     assert figures["decode_parity"]["passed"] is False
+
+
+def golden_session(folder: Path, **extra):
+    from types import SimpleNamespace
+
+    built = {}
+
+    def reference(dtype):
+        return built.setdefault(dtype, StreamingReference("LlamaForCausalLM", folder, dtype))
+
+    return SimpleNamespace(
+        options=SimpleNamespace(golden_streaming=True),
+        is_encoder_decoder=False,
+        prompt_ids=[[5, 9, 2], [7, 1, 4, 4, 8]],
+        streaming_reference=reference,
+        **extra,
+    )
+
+
+def test_decode_reference_windows_in_low_precision_equal_the_cast_whole_model(tiny_weights):
+    from pytest_autoport.stages.golden_decode import reference_logits
+    from pytest_autoport.stages.golden_reference import streamed_windows
+
+    folder = tiny_weights("llama")
+    session = golden_session(folder, hf_config=None)
+    continuations = [[3, 3, 11, 6], [2, 10]]
+    whole = load_hf_model("LlamaForCausalLM", folder, Path("spec.toml")).to(torch.bfloat16)
+    session.options.golden_streaming = False  # the whole-model path
+    expected = reference_logits(session, whole, continuations)
+    session.options.golden_streaming = True
+    streamed = streamed_windows(session, continuations, torch.bfloat16)
+    for got, want in zip(streamed, expected, strict=True):
+        assert got.shape == want.shape == (len(want), whole.config.vocab_size)
+        assert torch.equal(got, want)
+
+
+def test_streaming_golden_refuses_an_encoder_decoder_spec():
+    from types import SimpleNamespace
+
+    from pytest_autoport.stages.golden_reference import scored_sequence
+
+    session = SimpleNamespace(
+        options=SimpleNamespace(golden_streaming=True),
+        is_encoder_decoder=True,
+        spec=SimpleNamespace(model=SimpleNamespace(hf_model_class="T5ForConditionalGeneration")),
+    )
+    with pytest.raises(AutoportError, match="T5ForConditionalGeneration is an encoder-decoder model"):
+        scored_sequence(session, [[1, 2]])

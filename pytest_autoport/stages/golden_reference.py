@@ -10,9 +10,18 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import AutoportError
+
 
 def streaming(session) -> bool:
-    return bool(getattr(session.options, "golden_streaming", False)) and not session.is_encoder_decoder
+    if not getattr(session.options, "golden_streaming", False):
+        return False
+    if session.is_encoder_decoder:
+        raise AutoportError(
+            f"--autoport-golden-streaming scores decoder-only models; {session.spec.model.hf_model_class} "
+            "is an encoder-decoder model (run the golden without it)"
+        )
+    return True
 
 
 def scored_sequence(session, ported: list[list[int]]) -> list[list[int]]:
