@@ -42,10 +42,6 @@ def parameters_on_meta():
         torch.nn.Module.register_parameter = original
 
 
-def _is_meta(module: torch.nn.Module) -> bool:
-    return any(p.is_meta for p in module.parameters())
-
-
 def _to_meta(module: torch.nn.Module) -> None:
     for sub in module.modules():
         for name, param in sub._parameters.items():
@@ -105,7 +101,7 @@ class StreamingReference:
                 f"{self.folder}: the checkpoint lacks {self.layers_path}.{index}.{missing[0]} "
                 f"({len(missing)} parameters of layer {index} missing)"
             )
-        live = sum(not _is_meta(other) for other in self.layers)
+        live = sum(any(not p.is_meta for p in other.parameters()) for other in self.layers)
         self.max_materialized_layers = max(self.max_materialized_layers, live)
 
     def _load(self, keys: list[tuple[str, Path]], what: str) -> None:
