@@ -18,7 +18,17 @@ from pytest_autoport.spec import load_spec
 from pytest_autoport.streaming_reference import StreamingReference
 
 REPO = Path(__file__).resolve().parents[1]
-FAMILIES = ["llama", "mistral", "qwen3", "gemma3", "mixtral", "qwen3_moe", "deepseek", "gpt_oss"]
+FAMILIES = [
+    "llama",
+    "llama_int8",
+    "mistral",
+    "qwen3",
+    "gemma3",
+    "mixtral",
+    "qwen3_moe",
+    "deepseek",
+    "gpt_oss",
+]
 LENGTHS = (5, 17, 11)  # right-padded in one batch: the padding must not change the real positions
 
 
