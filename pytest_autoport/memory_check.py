@@ -133,8 +133,9 @@ def check_reference_fits(weights_dir: Path) -> dict:
         f"the FP32 HF reference of {weights_dir} will not fit in memory, so it was not loaded: it needs about "
         f"{_gib(estimate['bytes'])} ({estimate['parameters']:,} parameters x {FP32_BYTES} bytes = "
         f"{_gib(estimate['weights_bytes'])}, plus {_gib(estimate['margin_bytes'])} for activations and "
-        f"loading) and {_gib(available)} is available ({source}). A streaming (layer-by-layer) reference is "
-        "not written yet: run on a machine with more memory, or copy a golden cache built elsewhere into "
-        f"agent_artifacts/golden/ (a cached golden needs no HF model); {AVAILABLE_ENV} overrides the "
-        "available figure"
+        f"loading) and {_gib(available)} is available ({source}). For the golden, "
+        "--autoport-golden-streaming holds one decoder layer at a time, and a golden cache built elsewhere "
+        "(copied into agent_artifacts/golden/) needs no HF model; the component and model stages need the "
+        "whole reference: --autoport-layers=N judges the first N decoder layers, or use a machine with more "
+        f"memory; {AVAILABLE_ENV} overrides the available figure"
     )

@@ -115,6 +115,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "an OMP_NUM_THREADS set in the environment is kept; 0: torch's default)",
     )
     group.addoption(
+        "--autoport-golden-streaming",
+        action="store_true",
+        help="golden: score with the FP32 HF model loaded one decoder layer at a time, and judge the "
+        "port's own greedy trajectory instead of an HF free-running generation (models larger than memory)",
+    )
+    group.addoption(
         "--autoport-clean-cache",
         action="store_true",
         help="purge this spec's compiled artifacts (and failed/stale cache entries) before running",
@@ -220,6 +226,7 @@ class SpecFile(pytest.File):
                 logit_tolerance=state.option("autoport_logit_tolerance"),
                 regen_golden=state.option("autoport_regen_golden"),
                 threads=state.option("autoport_threads"),
+                golden_streaming=bool(state.option("autoport_golden_streaming")),
             )
             session = AutoportSession(spec, options)
             session.check_inputs()

@@ -142,6 +142,7 @@ def key_figure(rec: StageRecord) -> str:
             f"token match {f['token_match']:.1%} (>= {f['threshold']:.0%}), "
             f"teacher-forced {f.get('teacher_forced_match', 0):.1%}"
             + (f", HF golden {_GOLDEN_CACHE[f['cache']]}" if f.get("cache") in _GOLDEN_CACHE else "")
+            + (", streaming reference on the port's trajectory" if f.get("reference") == "streaming" else "")
         )
     return rec.message.splitlines()[0][:70] if rec.message else ""
 

@@ -29,6 +29,7 @@ class Options:
     logit_tolerance: str = "calibrated"  # calibrated | nxdi: the logit check's tolerances in low precision
     regen_golden: bool = False  # rebuild the golden cache entry even when a sound one is on disk
     threads: int | None = None  # torch CPU threads; None: one for a small model (see threads.py)
+    golden_streaming: bool = False  # golden references from the HF model streamed one layer at a time
 
 
 class AutoportSession:
@@ -237,6 +238,16 @@ class AutoportSession:
             ) from None
         self._hf_encoder_hidden = result.get("encoder_hidden")
         return captures, result["logits"]
+
+    def streaming_reference(self, dtype):
+        """--autoport-golden-streaming: the HF reference in ``dtype`` that holds one decoder layer at a
+        time (built once per dtype)."""
+        from .streaming_reference import StreamingReference
+
+        built = self.__dict__.setdefault("_streaming_references", {})
+        if dtype not in built:
+            built[dtype] = StreamingReference(self.spec.model.hf_model_class, self.weights.path, dtype)
+        return built[dtype]
 
     @shared_step("HF low-precision model")
     def hf_model_lp(self):

@@ -204,7 +204,8 @@ def test_memory_precheck_refuses_with_the_figures(checkpoint, monkeypatch):
     message = str(caught.value)
     assert "will not fit in memory, so it was not loaded" in message
     assert "6 parameters x 4 bytes" in message and f"({AVAILABLE_ENV}=1M)" in message
-    assert "streaming (layer-by-layer) reference is not written yet" in message
+    assert "--autoport-golden-streaming holds one decoder layer at a time" in message
+    assert "--autoport-layers=N judges the first N decoder layers" in message
 
 
 def test_session_does_not_load_a_reference_that_will_not_fit(tiny_weights, monkeypatch):

@@ -18,16 +18,25 @@ from ..discrete import margin_aware_token_match
 from ..errors import StageFailure
 from ..numerics import teacher_forced_match, token_match
 from .golden_decode import decode_parity, logit_figures
+from .golden_reference import reference_figures, reference_note, streamed_windows, streaming
 
 
 def run(session) -> dict:
     mode = session.options.golden_mode
-    reference = session.golden_reference
-    golden = reference.tokens
     ported = session.golden_run.tokens
     threshold = session.spec.validation.token_match_threshold
+    if streaming(session):
+        # the port's own continuation scored; the golden token at each position is the streamed
+        # reference's argmax after the port's prefix
+        scored, cache_figures = ported, {}
+        golden_logits = streamed_windows(session, scored, torch.float32)
+        golden = [g.argmax(-1).tolist() for g in golden_logits]
+    else:
+        reference = session.golden_reference
+        scored = golden = reference.tokens
+        golden_logits, cache_figures = reference.logits, reference.figures()
+    port_logits = _port_teacher_forced_logits(session, scored)
     free = token_match(golden, ported)
-    golden_logits, port_logits = _teacher_forced_logits(session, golden)
     forced = [teacher_forced_match(g, p) for g, p in zip(golden_logits, port_logits)]
     forced_matched = sum(f["matched"] for f in forced)
     forced_total = sum(f["total"] for f in forced)
@@ -45,13 +54,15 @@ def run(session) -> dict:
         "first_divergence": free.first_divergence,
         "divergences": divergences,
         "free_running_divergences": free_divergences,
-        **reference.figures(),
+        **cache_figures,
     }
     figures.update(margin_aware_token_match(free, forced, golden_logits, ported, session.spec.port.dtype))
+    figures.update(reference_figures(session))
     problems = []
     if mode in ("token", "all") and figures["token_match_margin_aware"] < threshold:
         problems.append(
-            f"greedy token match {free.rate:.1%} is below the threshold {threshold:.0%} "
+            reference_note(session)
+            + f"greedy token match {free.rate:.1%} is below the threshold {threshold:.0%} "
             f"(teacher-forced {figures['teacher_forced_match']:.1%}"
             + (f"; {figures['near_tie_note']})" if figures["near_tie_note"] else ")")
         )
@@ -61,9 +72,9 @@ def run(session) -> dict:
                 "teacher-forced scoring (one context-encoding pass) agrees with the golden: the fault is in "
                 "the token-generation path (KV-cache writes, decode positions, token-generation buckets)"
             )
-    figures["decode_parity"], decode_problem, decode_run = decode_parity(session, golden, golden_logits)
+    figures["decode_parity"], decode_problem, decode_run = decode_parity(session, scored, golden_logits)
     if decode_problem:
-        problems.append(decode_problem)
+        problems.append(reference_note(session) + decode_problem)
     if mode in ("logit", "all"):
         logit, logit_problem = logit_figures(session, decode_run, (golden_logits, port_logits))
         figures.update(logit)
@@ -78,19 +89,20 @@ def run(session) -> dict:
     return figures
 
 
-def _teacher_forced_logits(session, golden: list[list[int]]):
-    """Logits predicting each golden token, from the HF FP32 golden (cached) and from the compiled port
-    scoring prompt + golden continuation in one pass (encoder-decoder: the decoder scores start token +
-    golden continuation given the prompt as encoder input)."""
+def _port_teacher_forced_logits(session, continuations: list[list[int]]) -> list[torch.Tensor]:
+    """The compiled port's logits predicting each continuation token, scoring prompt + continuation in
+    one pass (encoder-decoder: the decoder scores start token + continuation given the prompt as
+    encoder input)."""
     if session.is_encoder_decoder:
         start = session.hf_config.decoder_start_token_id
-        port_all = session.compiled_model.score([[start] + t for t in golden], sources=session.prompt_ids)
-        windows = [slice(0, len(t)) for t in golden]
+        port_all = session.compiled_model.score(
+            [[start] + t for t in continuations], sources=session.prompt_ids
+        )
+        windows = [slice(0, len(t)) for t in continuations]
     else:
-        port_all = session.compiled_model.score([p + t for p, t in zip(session.prompt_ids, golden)])
-        windows = [slice(len(p) - 1, len(p) - 1 + len(t)) for p, t in zip(session.prompt_ids, golden)]
-    port_out = [logits[window] for logits, window in zip(port_all, windows)]
-    return session.golden_reference.logits, port_out
+        port_all = session.compiled_model.score([p + t for p, t in zip(session.prompt_ids, continuations)])
+        windows = [slice(len(p) - 1, len(p) - 1 + len(t)) for p, t in zip(session.prompt_ids, continuations)]
+    return [logits[window] for logits, window in zip(port_all, windows)]
 
 
 def _divergences(session, golden_logits, forced) -> list[dict]:

@@ -23,6 +23,7 @@ from ..numerics_logits import (
     judge_decode_steps_fp32,
     judge_decode_steps_ratio,
 )
+from .golden_reference import streamed_windows, streaming
 
 
 @dataclass
@@ -43,7 +44,13 @@ def run_decode(session, golden: list[list[int]], hf_fp32: list[torch.Tensor]) ->
     if not hasattr(compiled, "decode_teacher_forced"):
         return None
     forced = compiled.decode_teacher_forced(session.prompt_ids, golden)
-    hf_lp = session.golden_reference.logits_lp if low_precision(session) else None
+    hf_lp = None
+    if low_precision(session):
+        hf_lp = (
+            streamed_windows(session, golden, session.lp_dtype)
+            if streaming(session)
+            else session.golden_reference.logits_lp
+        )
     return DecodeRun(forced.logits, hf_fp32, hf_lp, forced.graphs, forced.positions)
 
 
