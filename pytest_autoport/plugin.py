@@ -101,6 +101,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "or NxD Inference's fixed (atol, rtol) map",
     )
     group.addoption(
+        "--autoport-layers",
+        type=int,
+        metavar="N",
+        help="judge only the first N decoder layers of the real checkpoint (reduced-layer mode, "
+        "for quick iteration on big models; the HF golden is cut the same way)",
+    )
+    group.addoption(
         "--autoport-clean-cache",
         action="store_true",
         help="purge this spec's compiled artifacts (and failed/stale cache entries) before running",
@@ -154,6 +161,9 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
 
     target = state.target_name()
     mode = ", dry run" if config.getoption("autoport_dry_run") else ""
+    layers = config.getoption("autoport_layers")
+    if layers is not None:
+        mode += f", reduced-layer mode: the first {layers} decoder layers only"
     return [
         f"autoport: spec {state.spec_path}, target {target}{mode}",
         *check_environment(target).summary_lines(),
@@ -201,6 +211,7 @@ class SpecFile(pytest.File):
                 compiler=state.option("autoport_compiler"),
                 golden_mode=state.option("autoport_golden_mode"),
                 logit_tolerance=state.option("autoport_logit_tolerance"),
+                layers=state.option("autoport_layers"),
             )
             session = AutoportSession(spec, options)
             session.check_inputs()

@@ -12,6 +12,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .reduced_layers import layers_text
+
 SCHEMA_VERSION = 1
 FIGURE_PREFIX = "autoport."
 NOT_RUN_HERE = (
@@ -47,6 +49,7 @@ class Verdict:
     started_at: float = field(default_factory=time.time)
     partial: bool = False  # a selection or a dry run: written beside the full verdict, never over it
     selection: dict = field(default_factory=dict)  # planned/selected/deselected counts, -k, -m, --lf
+    layers: dict | None = None  # reduced-layer mode: {"judged": N, "total": M}; None for the full model
 
     @property
     def passed(self) -> bool:
@@ -110,6 +113,7 @@ class Verdict:
             "stages": [asdict(s) for s in self.stages],
             "warnings": self.warnings,
             "not_run_here": self.not_run_here,
+            "layers": self.layers,
         }
 
 
@@ -155,9 +159,12 @@ def format_table(verdict: Verdict) -> list[str]:
     for i, text in enumerate(generated or []):
         lines.append(f"generated[{i}]: {text!r}")
     lines += [f"warning: {w}" for w in verdict.warnings]
+    reduced = (
+        f", {layers_text(verdict.layers['judged'], verdict.layers.get('total'))}" if verdict.layers else ""
+    )
     lines.append(
         f"verdict: {verdict_word(verdict)} ({verdict.model}, target {verdict.target}, "
-        f"{verdict.weights.get('kind', '?')} weights)"
+        f"{verdict.weights.get('kind', '?')} weights{reduced})"
     )
     partial = partial_text(verdict)
     if partial:

@@ -26,6 +26,7 @@ class Options:
     compiler: str | None = None  # overrides port.compiler
     golden_mode: str = "token"  # token | logit | all
     logit_tolerance: str = "calibrated"  # calibrated | nxdi: the logit check's tolerances in low precision
+    layers: int | None = None  # --autoport-layers: judge only the first N decoder layers
 
 
 class AutoportSession:
@@ -51,7 +52,7 @@ class AutoportSession:
         # and every later stage skips, so the lengths are checked only when it loads
         usable = tokenizer_problem(lambda: self.tokenizer) is None
         prompt_ids = self.prompt_ids if usable else [[0] for _ in self.spec.validation.prompts]
-        check_against_model(self.spec, prompt_ids, self.hf_config.num_hidden_layers)
+        check_against_model(self.spec, prompt_ids, self.full_layers)
 
     # -- locations ---------------------------------------------------------------------------------
     @property
@@ -84,10 +85,37 @@ class AutoportSession:
         return resolve_weights(self.spec)
 
     @cached_property
-    def hf_config(self):
+    def full_hf_config(self):
         from transformers import AutoConfig
 
         return AutoConfig.from_pretrained(self.weights.path)
+
+    @cached_property
+    def hf_config(self):
+        """The config every stage judges: the checkpoint's, cut to --autoport-layers when given."""
+        if self.options.layers is None:
+            return self.full_hf_config
+        if self.target_name != "torch":
+            from .reduced_layers import OPTION
+
+            raise AutoportError(
+                f"{OPTION}: reduced-layer mode needs the torch target (got {self.target_name})"
+            )
+        from .reduced_layers import truncate_config
+
+        return truncate_config(self.full_hf_config, self.options.layers)
+
+    @property
+    def full_layers(self) -> int:
+        """The checkpoint's decoder layer count (whatever --autoport-layers judges)."""
+        return self.full_hf_config.num_hidden_layers
+
+    @property
+    def layers_record(self) -> dict | None:
+        """Reduced-layer mode, for the results: ``{"judged": N, "total": M}``; None for the full model."""
+        if self.options.layers is None:
+            return None
+        return {"judged": self.hf_config.num_hidden_layers, "total": self.full_layers}
 
     @cached_property
     def tokenizer(self):
@@ -99,13 +127,22 @@ class AutoportSession:
     def hf_model(self):
         from .hf_reference import load_hf_model
 
-        return load_hf_model(self.spec.model.hf_model_class, self.weights.path, self.spec.path)
+        config = self.hf_config if self.options.layers is not None else None
+        return load_hf_model(self.spec.model.hf_model_class, self.weights.path, self.spec.path, config=config)
 
     @cached_property
     def hf_state_dict(self) -> dict:
         from .checkpoint import load_state_dict
 
-        return load_state_dict(self.weights.path)
+        state = load_state_dict(self.weights.path)
+        self.layer_keys_left_out: list[str] = []
+        if self.options.layers is not None:
+            from .reduced_layers import later_layer_keys, layer_prefixes
+
+            later = later_layer_keys(state, layer_prefixes(self.spec), self.hf_config.num_hidden_layers)
+            self.layer_keys_left_out = later
+            state = {k: v for k, v in state.items() if k not in set(later)}
+        return state
 
     @cached_property
     def prompt_ids(self) -> list[list[int]]:

@@ -36,6 +36,7 @@ def key_inputs(session) -> dict:
         "tp_degree": spec.port.tp_degree,
         "compiler": spec.port.compiler,
         "layout": getattr(session.target, "artifact_layout", 1),
+        "layers": session.options.layers,  # reduced-layer mode: another model than the full one
         "versions": session.target.versions(),
     }
 
