@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import zipfile
+from pathlib import Path
 
 import torch
 
@@ -14,7 +15,7 @@ from pytest_autoport.spec import load_spec
 from pytest_autoport.stages import compile as compile_stage
 from pytest_autoport.targets.shared_weights import WEIGHTS_FILE
 
-REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _session(tiny_weights, tmp_path, compiler, context_buckets, token_buckets):
