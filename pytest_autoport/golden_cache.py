@@ -78,6 +78,7 @@ def key_inputs(session) -> dict:
             session.weights.path, session.artifacts / CHECKSUM_CACHE, REFERENCE_PATTERNS
         ),
         "hf_model_class": spec.model.hf_model_class,
+        "layers": session.layers_record,  # --autoport-layers: the golden of the cut model
         "prompts": list(spec.validation.prompts),
         "prompt_ids": session.prompt_ids,
         "generation": {

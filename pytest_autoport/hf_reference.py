@@ -21,7 +21,9 @@ class Capture:
     order: int  # completion order within the forward pass
 
 
-def load_hf_model(model_class: str, weights_dir: Path, spec_path: Path, dtype=torch.float32):
+def load_hf_model(model_class: str, weights_dir: Path, spec_path: Path, dtype=torch.float32, config=None):
+    """The HF reference in ``dtype``; ``config``: a config of fewer layers than the checkpoint's
+    (reduced-layer mode), the later layers' tensors then go unused."""
     import transformers
 
     cls = getattr(transformers, model_class, None)
@@ -31,9 +33,14 @@ def load_hf_model(model_class: str, weights_dir: Path, spec_path: Path, dtype=to
 
     loader = reference_loader(weights_dir)
     if loader is not None:
+        if config is not None:
+            raise AutoportError(
+                "--autoport-layers: reduced-layer mode does not support quantized checkpoints"
+            )
         return loader(cls, weights_dir, dtype).eval()
     dtype_kw = "dtype" if _major(transformers.__version__) >= 5 else "torch_dtype"
-    model = cls.from_pretrained(weights_dir, attn_implementation="eager", **{dtype_kw: dtype})
+    extra = {"config": config} if config is not None else {}
+    model = cls.from_pretrained(weights_dir, attn_implementation="eager", **{dtype_kw: dtype}, **extra)
     return model.eval()
 
 

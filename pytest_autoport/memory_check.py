@@ -40,15 +40,17 @@ def parse_size(text: str) -> int:
     return int(value * _UNITS[unit])
 
 
-def parameter_count(weights_dir: Path) -> int:
-    """Elements of every tensor in the checkpoint's safetensors files, read from their headers."""
+def parameter_count(weights_dir: Path, leave_out=None) -> int:
+    """Elements of every tensor in the checkpoint's safetensors files, read from their headers;
+    ``leave_out(names)``: the names not loaded (the later layers in reduced-layer mode)."""
     total = 0
     for file in sorted(Path(weights_dir).glob("*.safetensors")):
         with open(file, "rb") as handle:
             (length,) = struct.unpack("<Q", handle.read(8))
             header = json.loads(handle.read(length))
+        skipped = set(leave_out(list(header))) if leave_out else set()
         for name, info in header.items():
-            if name != "__metadata__":
+            if name != "__metadata__" and name not in skipped:
                 count = 1
                 for dim in info["shape"]:
                     count *= dim
@@ -122,9 +124,10 @@ def _gib(size: int) -> str:
     return f"{size / (1 << 30):.2f} GiB"
 
 
-def check_reference_fits(weights_dir: Path) -> dict:
-    """Figures of the estimate; raises :class:`ReferenceTooLarge` when the reference will not fit."""
-    estimate = reference_estimate(parameter_count(weights_dir))
+def check_reference_fits(weights_dir: Path, leave_out=None) -> dict:
+    """Figures of the estimate; raises :class:`ReferenceTooLarge` when the reference will not fit.
+    ``leave_out``: as for :func:`parameter_count`."""
+    estimate = reference_estimate(parameter_count(weights_dir, leave_out))
     available, source = available_memory()
     figures = {**estimate, "available_bytes": available, "available_from": source}
     if available is None or estimate["bytes"] <= available:

@@ -121,6 +121,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "port's own greedy trajectory instead of an HF free-running generation (models larger than memory)",
     )
     group.addoption(
+        "--autoport-layers",
+        type=int,
+        metavar="N",
+        help="judge only the first N decoder layers of the real checkpoint (reduced-layer mode, "
+        "for quick iteration on big models; the HF golden is cut the same way)",
+    )
+    group.addoption(
         "--autoport-clean-cache",
         action="store_true",
         help="purge this spec's compiled artifacts (and failed/stale cache entries) before running",
@@ -177,6 +184,9 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
 
     target = state.target_name()
     mode = ", dry run" if config.getoption("autoport_dry_run") else ""
+    layers = config.getoption("autoport_layers")
+    if layers is not None:
+        mode += f", reduced-layer mode: the first {layers} decoder layers only"
     return [
         f"autoport: spec {state.spec_path}, target {target}{mode}",
         *check_environment(target).summary_lines(),
@@ -227,6 +237,7 @@ class SpecFile(pytest.File):
                 regen_golden=state.option("autoport_regen_golden"),
                 threads=state.option("autoport_threads"),
                 golden_streaming=bool(state.option("autoport_golden_streaming")),
+                layers=state.option("autoport_layers"),
             )
             session = AutoportSession(spec, options)
             session.check_inputs()

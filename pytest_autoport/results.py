@@ -5,13 +5,17 @@ The JSON is a stable interface (agents and CI parse it): keys are only ever adde
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import re
+import socket
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from .reduced_layers import layers_text
 
 SCHEMA_VERSION = 1
 FIGURE_PREFIX = "autoport."
@@ -48,6 +52,7 @@ class Verdict:
     started_at: float = field(default_factory=time.time)
     partial: bool = False  # a selection or a dry run: written beside the full verdict, never over it
     selection: dict = field(default_factory=dict)  # planned/selected/deselected counts, -k, -m, --lf
+    layers: dict | None = None  # reduced-layer mode: {"judged": N, "total": M}; None for the full model
 
     @property
     def passed(self) -> bool:
@@ -111,6 +116,7 @@ class Verdict:
             "stages": [asdict(s) for s in self.stages],
             "warnings": self.warnings,
             "not_run_here": self.not_run_here,
+            "layers": self.layers,
         }
 
 
@@ -177,9 +183,12 @@ def format_table(verdict: Verdict) -> list[str]:
     for i, text in enumerate(generated or []):
         lines.append(f"generated[{i}]: {text!r}")
     lines += [f"warning: {w}" for w in verdict.warnings]
+    reduced = (
+        f", {layers_text(verdict.layers['judged'], verdict.layers.get('total'))}" if verdict.layers else ""
+    )
     lines.append(
         f"verdict: {verdict_word(verdict)} ({verdict.model}, target {verdict.target}, "
-        f"{verdict.weights.get('kind', '?')} weights)"
+        f"{verdict.weights.get('kind', '?')} weights{reduced})"
     )
     partial = partial_text(verdict)
     if partial:
@@ -243,17 +252,24 @@ def selection_text(selection: dict) -> str:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename, with the mode a plain
-    ``open()`` would give (0666 less the umask). An OSError names ``path`` (or the folder that
-    could not be made), never the temporary file."""
+    """Write ``text`` to ``path`` through a temporary file, flushed to disk, and a rename, with the
+    mode a plain ``open()`` would give (0666 less the umask): whatever kills the writer, ``path`` is
+    the previous complete file or the new one. A killed writer's temporary file is removed by the
+    next write. An OSError names ``path`` (or the folder that could not be made), never the
+    temporary file."""
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        _remove_dead_writers_files(path)
+        prefix = f".{path.name}.{socket.gethostname()}.{os.getpid()}."
+        fd, tmp = tempfile.mkstemp(prefix=prefix, dir=path.parent)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             os.fchmod(handle.fileno(), 0o666 & ~_umask())
             handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(tmp, path)
+        _fsync_folder(path.parent)
     except OSError as exc:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
@@ -264,6 +280,30 @@ def write_atomic(path: Path, text: str) -> None:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _remove_dead_writers_files(path: Path) -> None:
+    """Temporary files of ``path`` left by writers on this host that no longer run (killed mid-write)."""
+    from .artifacts.processes import _pid_alive
+
+    host = socket.gethostname()
+    for leftover in path.parent.glob(f".{glob.escape(path.name)}.{glob.escape(host)}.*"):
+        pid = leftover.name[len(f".{path.name}.{host}.") :].split(".", 1)[0]
+        if pid.isdigit() and _pid_alive(int(pid)) is False:
+            leftover.unlink(missing_ok=True)
+
+
+def _fsync_folder(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _umask() -> int:

@@ -30,6 +30,7 @@ class Options:
     regen_golden: bool = False  # rebuild the golden cache entry even when a sound one is on disk
     threads: int | None = None  # torch CPU threads; None: one for a small model (see threads.py)
     golden_streaming: bool = False  # golden references from the HF model streamed one layer at a time
+    layers: int | None = None  # --autoport-layers: judge only the first N decoder layers
 
 
 class AutoportSession:
@@ -55,7 +56,7 @@ class AutoportSession:
         # and every later stage skips, so the lengths are checked only when it loads
         usable = tokenizer_problem(lambda: self.tokenizer) is None
         prompt_ids = self.prompt_ids if usable else [[0] for _ in self.spec.validation.prompts]
-        check_against_model(self.spec, prompt_ids, self.hf_config.num_hidden_layers)
+        check_against_model(self.spec, prompt_ids, self.full_layers)
 
     def apply_threads(self) -> None:
         """Set torch's CPU thread count for this run (figures in ``thread_figures``, shown by ``env``)."""
@@ -95,10 +96,37 @@ class AutoportSession:
         return resolve_weights(self.spec)
 
     @cached_property
-    def hf_config(self):
+    def full_hf_config(self):
         from transformers import AutoConfig
 
         return AutoConfig.from_pretrained(self.weights.path)
+
+    @cached_property
+    def hf_config(self):
+        """The config every stage judges: the checkpoint's, cut to --autoport-layers when given."""
+        if self.options.layers is None:
+            return self.full_hf_config
+        if self.target_name != "torch":
+            from .reduced_layers import OPTION
+
+            raise AutoportError(
+                f"{OPTION}: reduced-layer mode needs the torch target (got {self.target_name})"
+            )
+        from .reduced_layers import truncate_config
+
+        return truncate_config(self.full_hf_config, self.options.layers)
+
+    @property
+    def full_layers(self) -> int:
+        """The checkpoint's decoder layer count (whatever --autoport-layers judges)."""
+        return self.full_hf_config.num_hidden_layers
+
+    @property
+    def layers_record(self) -> dict | None:
+        """Reduced-layer mode, for the results: ``{"judged": N, "total": M}``; None for the full model."""
+        if self.options.layers is None:
+            return None
+        return {"judged": self.hf_config.num_hidden_layers, "total": self.full_layers}
 
     @cached_property
     def tokenizer(self):
@@ -112,14 +140,26 @@ class AutoportSession:
         from .hf_reference import load_hf_model
         from .memory_check import check_reference_fits
 
-        self.reference_memory = check_reference_fits(self.weights.path)
-        return load_hf_model(self.spec.model.hf_model_class, self.weights.path, self.spec.path)
+        self.reference_memory = check_reference_fits(self.weights.path, self.later_layer_keys)
+        config = self.hf_config if self.options.layers is not None else None
+        return load_hf_model(self.spec.model.hf_model_class, self.weights.path, self.spec.path, config=config)
+
+    def later_layer_keys(self, keys: list[str]) -> list[str]:
+        """The checkpoint keys --autoport-layers leaves out (none for the full model)."""
+        if self.options.layers is None:
+            return []
+        from .reduced_layers import later_layer_keys, layer_prefixes
+
+        return later_layer_keys(keys, layer_prefixes(self.spec), self.hf_config.num_hidden_layers)
 
     @shared_step("HF checkpoint read")
     def hf_state_dict(self) -> dict:
         from .checkpoint import load_state_dict
 
-        return load_state_dict(self.weights.path)
+        state = load_state_dict(self.weights.path)
+        self.layer_keys_left_out = self.later_layer_keys(list(state))
+        later = set(self.layer_keys_left_out)
+        return {k: v for k, v in state.items() if k not in later} if later else state
 
     @cached_property
     def prompt_ids(self) -> list[list[int]]:
@@ -246,7 +286,10 @@ class AutoportSession:
 
         built = self.__dict__.setdefault("_streaming_references", {})
         if dtype not in built:
-            built[dtype] = StreamingReference(self.spec.model.hf_model_class, self.weights.path, dtype)
+            config = self.hf_config if self.options.layers is not None else None
+            built[dtype] = StreamingReference(
+                self.spec.model.hf_model_class, self.weights.path, dtype, config=config
+            )
         return built[dtype]
 
     @shared_step("HF low-precision model")

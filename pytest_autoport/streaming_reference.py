@@ -54,7 +54,11 @@ class StreamingReference:
     decoder layer's parameters in memory. ``max_materialized_layers`` records the most decoder layers
     that ever held real parameters at once (1 when streaming works)."""
 
-    def __init__(self, model_class: str, folder: Path, dtype=torch.float32):
+    def __init__(self, model_class: str, folder: Path, dtype=torch.float32, config=None):
+        """``config``: the checkpoint's config with fewer layers (reduced-layer mode); the later layers'
+        tensors are then never read."""
+        import copy
+
         import transformers
 
         self.folder = Path(folder)
@@ -62,7 +66,10 @@ class StreamingReference:
         cls = getattr(transformers, model_class, None)
         if cls is None:
             raise AutoportError(f"streaming reference: transformers has no class {model_class!r}")
-        config = transformers.AutoConfig.from_pretrained(self.folder)
+        if config is None:
+            config = transformers.AutoConfig.from_pretrained(self.folder)
+        else:
+            config = copy.deepcopy(config)
         if getattr(config, "is_encoder_decoder", False):
             raise AutoportError(
                 f"streaming reference: {model_class} is an encoder-decoder model; the streaming golden "

@@ -87,6 +87,8 @@ class VerdictReporter:
         verdict = self._verdict()
         if stage_id == "weights" and "weights" in figures:
             verdict.weights = figures["weights"]
+        if stage_id == "weights" and "layers" in figures:
+            verdict.layers = figures["layers"]
         if stage_id == "env":
             verdict.versions = {k: figures[k] for k in ("python", "torch", "transformers") if k in figures}
         verdict.record(
@@ -115,6 +117,9 @@ class VerdictReporter:
         verdict = self.verdict
         verdict.versions.setdefault("pytest_autoport", __version__)
         verdict.selection = self._selection(config)
+        judged = self.state.option("autoport_layers")
+        if judged is not None and verdict.layers is None:  # the weights stage did not run: count them here
+            verdict.layers = {"judged": judged, "total": _total_layers(self.state)}
         # a cpu-only verdict is partial too: <model>.json holds only verdicts that ran every stage
         verdict.partial = selection_is_partial(verdict.selection) or verdict.outcome == "cpu-only"
         try:
@@ -152,6 +157,14 @@ class VerdictReporter:
             terminalreporter.write_line(f"report: {self.html}")
         if self.write_error:
             terminalreporter.write_line(f"results not written: {self.write_error}", red=True)
+
+
+def _total_layers(state) -> int | None:
+    """The checkpoint's decoder layer count when this process's session can tell (None otherwise)."""
+    try:
+        return state.session.full_layers if state.session is not None else None
+    except Exception:  # noqa: BLE001 - a missing or broken checkpoint is reported by its own stage
+        return None
 
 
 def _message(report: pytest.TestReport) -> str:

@@ -53,6 +53,7 @@ class FakeSession:
         self.tokenizer = SimpleNamespace(pad_token_id=0)
         self.is_encoder_decoder = False
         self.options = SimpleNamespace(regen_golden=regen)
+        self.layers_record = None
         self.loads = 0
 
     @property
@@ -176,6 +177,9 @@ def test_key_follows_prompts_tokens_dtype_and_checkpoint_content(tmp_path, check
     lp = FakeSession(tmp_path / "art", checkpoint)
     lp.spec.port.dtype = "bfloat16"
     assert artifact_key(golden_cache.key_inputs(lp)) != base
+    reduced = FakeSession(tmp_path / "art", checkpoint)
+    reduced.layers_record = {"judged": 1, "total": 2}  # --autoport-layers=1: the cut model's golden
+    assert artifact_key(golden_cache.key_inputs(reduced)) != base
     (checkpoint / "tokenizer.json").write_text('{"vocab": {"x": 1}}')
     tokenizer_changed = key()
     assert tokenizer_changed != base

@@ -35,6 +35,8 @@ def key_inputs(session) -> dict:
         "max_seq_len": spec.port.max_seq_len,
         "tp_degree": spec.port.tp_degree,
         "compiler": spec.port.compiler,
+        "layout": getattr(session.target, "artifact_layout", 1),
+        "layers": session.options.layers,  # reduced-layer mode: another model than the full one
         "versions": session.target.versions(),
     }
 
@@ -158,6 +160,11 @@ def run(session) -> dict:
         "graphs": len(result.graphs),
         "compiler": result.details.get("compiler", session.spec.port.compiler),
     }
+    files = [f for f in entry.path.rglob("*") if f.is_file()]
+    figures["artifact_bytes"] = sum(f.stat().st_size for f in files)
+    store = result.details.get("weights", {}).get("file")
+    if store:  # one copy of the weights shared by every graph
+        figures["weights_bytes"] = (entry.path / store).stat().st_size
     if entry.recovered_from:
         figures["rebuilt_after"] = entry.recovered_from
     if entry.cleaned:

@@ -17,6 +17,11 @@ from ..kv_cache import kv_cache_buffers, reset_kv_cache, written_buffers
 from ..progress import progress
 from ..spec import PortSpec, import_port_class
 from .base import CompiledModel, CompileResult, GenerationResult
+from .shared_weights import bind_weights, load_weights, save_weights, shared_tensors, strip_program
+
+# the on-disk layout of a compiled artifact; part of its key, so entries of another layout are rebuilt
+# (2: graphs saved without weights, one weights.safetensors shared by all of them)
+ARTIFACT_LAYOUT = 2
 
 
 @dataclass(frozen=True)
@@ -32,6 +37,7 @@ class TorchNeuronConfig:
 
 class TorchTarget:
     name = "torch"
+    artifact_layout = ARTIFACT_LAYOUT
 
     def unavailable_reason(self, stage: str | None = None) -> str | None:
         return None
@@ -109,6 +115,7 @@ class TorchTarget:
         if spec.port.is_encoder_decoder:
             return self._compile_seq2seq(port, spec, out_dir)
         compiler = spec.port.compiler
+        weights, stripped = _write_weights(port, out_dir)
         graphs, seconds = {}, {}
         for graph_name, seq, cache_len in progress(graph_shapes(spec), desc=f"compile {spec.name}"):
             example = (
@@ -116,12 +123,12 @@ class TorchTarget:
                 torch.arange(seq).expand(spec.port.batch_size, seq).contiguous(),
             )
             graphs[graph_name], seconds[graph_name] = capture(
-                BucketGraph(port, cache_len), example, out_dir, graph_name, compiler
+                BucketGraph(port, cache_len), example, out_dir, graph_name, compiler, stripped
             )
         return CompileResult(
             graphs=graphs,
             seconds_per_graph=seconds,
-            details={"compiler": compiler, "kv_cache": cache_layout(port)},
+            details={"compiler": compiler, "kv_cache": cache_layout(port), "weights": weights},
         )
 
     def _compile_seq2seq(self, port, spec: PortSpec, out_dir: Path) -> CompileResult:
@@ -134,6 +141,7 @@ class TorchTarget:
                 f'port.compiler = {p.compiler!r} is not supported for encoder-decoder ports yet; use "export"'
             )
         batch, hidden = p.batch_size, port.config.hidden_size
+        weights, stripped = _write_weights(port, out_dir)
         graphs, seconds = {}, {}
         shapes = [(f"encoder_{b}", b) for b in p.context_bucket_list]
         shapes += [(name, seq) for name, seq, _ in graph_shapes(spec)]
@@ -155,10 +163,13 @@ class TorchTarget:
                     example = (ids, positions, encoder_hidden, encoder_mask)
                 else:
                     module, example = BucketGraph(port, cache_len), (ids, positions)
-            graphs[graph_name], seconds[graph_name] = capture(module, example, out_dir, graph_name, "export")
+            graphs[graph_name], seconds[graph_name] = capture(
+                module, example, out_dir, graph_name, "export", stripped
+            )
         details = {
             "compiler": p.compiler,
             "kv_cache": cache_layout(port),
+            "weights": weights,
             "architecture": p.architecture,
             "decoder_start_token_id": port.config.decoder_start_token_id,
             "pad_token_id": port.config.pad_token_id or 0,
@@ -178,21 +189,42 @@ class TorchTarget:
             return TorchSeq2SeqCompiledModel.load(spec, out_dir, result)
         if result.details.get("compiler") == "aoti":
             return TorchCompiledModel.from_aoti(spec, out_dir, result)
-        return TorchCompiledModel.from_export(
-            spec, load_exported(out_dir, result), list(result.details["kv_cache"])
-        )
+        cache = new_cache(result)
+        weights = load_weights(out_dir, result.details["weights"])
+        return TorchCompiledModel(spec, load_exported(out_dir, result, weights, cache), cache, weights)
 
 
-def capture(module: torch.nn.Module, example: tuple, out_dir: Path, graph_name: str, compiler: str):
+def _write_weights(port: torch.nn.Module, out_dir: Path) -> tuple[dict, set[str]]:
+    """Write the port's weights once for all its graphs: (their record for the loader, the names of
+    every tensor the saved graphs leave out: the weights and the KV caches)."""
+    caches = set(cache_layout(port))
+    tensors = shared_tensors(BucketGraph(port, 0), exclude=caches)
+    return save_weights(tensors, out_dir), set(tensors) | caches
+
+
+def capture(
+    module: torch.nn.Module, example: tuple, out_dir: Path, graph_name: str, compiler: str, stripped: set[str]
+):
     """Capture ``module`` on ``example`` with torch.export and write it as ``{graph_name}.pt2``: the
-    exported program, or with ``compiler="aoti"`` its AOTInductor package. Returns (file name, seconds)."""
+    exported program, or with ``compiler="aoti"`` its AOTInductor package, either without the tensors
+    named in ``stripped`` (bound in at load). Returns (file name, seconds)."""
     t0 = time.perf_counter()
     with torch.no_grad():
         program = torch.export.export(module, example, strict=False)
     file_name = f"{graph_name}.pt2"
     if compiler == "aoti":
-        torch._inductor.aoti_compile_and_package(program, package_path=str(out_dir / file_name))
+        own = {
+            n: t for n, t in program.constants.items() if n not in stripped and isinstance(t, torch.Tensor)
+        }
+        if own:  # constants made inside forward: this graph's alone, so kept beside it
+            save_weights(own, out_dir, f"{graph_name}.constants.safetensors")
+        torch._inductor.aoti_compile_and_package(
+            program,
+            package_path=str(out_dir / file_name),
+            inductor_configs={"aot_inductor.package_constants_in_so": False},
+        )
     else:
+        strip_program(program, stripped)
         torch.export.save(program, out_dir / file_name)
     return file_name, round(time.perf_counter() - t0, 3)
 
@@ -205,8 +237,24 @@ def cache_layout(port: torch.nn.Module) -> dict[str, dict]:
     }
 
 
-def load_exported(out_dir: Path, result: CompileResult) -> dict[str, torch.nn.Module]:
-    return {name: torch.export.load(out_dir / file).module() for name, file in result.graphs.items()}
+def new_cache(result: CompileResult) -> dict[str, torch.Tensor]:
+    """Zeroed KV-cache tensors, one set shared by all graphs of a compiled port."""
+    return {
+        name: torch.zeros(meta["shape"], dtype=getattr(torch, meta["dtype"]))
+        for name, meta in result.details["kv_cache"].items()
+    }
+
+
+def load_exported(
+    out_dir: Path, result: CompileResult, weights: dict[str, torch.Tensor], cache: dict[str, torch.Tensor]
+) -> dict[str, torch.nn.Module]:
+    """Every exported graph, all bound to ``weights`` (one memory-mapped copy) and to ``cache``."""
+    shared = {**weights, **cache}
+    modules = {}
+    for name, file in result.graphs.items():
+        modules[name] = torch.export.load(out_dir / file).module()
+        bind_weights(modules[name], shared, str(out_dir / file))
+    return modules
 
 
 def graph_shapes(spec: PortSpec) -> list[tuple[str, int, int]]:
@@ -230,35 +278,36 @@ class BucketGraph(torch.nn.Module):
 class TorchCompiledModel:
     """Loaded graphs that share one set of KV-cache tensors, as NxDI's graphs share device state."""
 
-    def __init__(self, spec: PortSpec, graphs: dict, cache: dict[str, torch.Tensor]):
+    def __init__(
+        self, spec: PortSpec, graphs: dict, cache: dict[str, torch.Tensor], weights: dict | None = None
+    ):
         self.spec = spec
         self.graphs = graphs
         self.cache = cache
-
-    @classmethod
-    def from_export(cls, spec: PortSpec, modules: dict[str, torch.nn.Module], cache_names: list[str]):
-        """``cache_names``: the port's KV-cache buffers as named at compile time; no other buffer
-        is shared or reset."""
-        first = next(iter(modules.values()))
-        cache = {name: torch.zeros_like(first.get_buffer(name)) for name in cache_names}
-        for module in modules.values():
-            for name, shared in cache.items():
-                owner, _, attr = name.rpartition(".")
-                setattr(module.get_submodule(owner) if owner else module, attr, shared)
-        return cls(spec, modules, cache)
+        self.weights = weights or {}  # the one copy of the weights every graph uses, by name
 
     @classmethod
     def from_aoti(cls, spec: PortSpec, out_dir: Path, result: CompileResult):
-        graphs = {
-            name: torch._inductor.aoti_load_package(str(out_dir / f)) for name, f in result.graphs.items()
-        }
-        cache = {
-            name: torch.zeros(meta["shape"], dtype=getattr(torch, meta["dtype"]))
-            for name, meta in result.details["kv_cache"].items()
-        }
-        for graph in graphs.values():
-            graph.load_constants(cache, check_full_update=False, user_managed=True)
-        return cls(spec, graphs, cache)
+        """AOTInductor packages built without their constants: each is handed the one memory-mapped
+        copy of the weights and the shared caches as user-managed constants (no copy)."""
+        cache = new_cache(result)
+        weights = load_weights(out_dir, result.details["weights"])
+        shared = {**weights, **cache}
+        graphs = {}
+        for name, file in result.graphs.items():
+            graph = graphs[name] = torch._inductor.aoti_load_package(str(out_dir / file))
+            own = out_dir / f"{name}.constants.safetensors"
+            constants = {**shared, **(load_weights(own.parent, {"file": own.name}) if own.exists() else {})}
+            wanted = graph.get_constant_fqns()
+            missing = [fqn for fqn in wanted if fqn not in constants]
+            if missing:
+                raise StageFailure(
+                    f"{out_dir / file}: the shared weight store lacks {', '.join(missing[:5])}"
+                )
+            graph.load_constants(
+                {fqn: constants[fqn] for fqn in wanted}, check_full_update=True, user_managed=True
+            )
+        return cls(spec, graphs, cache, weights)
 
     def _reset(self):
         for buf in self.cache.values():
@@ -320,11 +369,9 @@ class TorchSeq2SeqCompiledModel(TorchCompiledModel):
 
     @classmethod
     def load(cls, spec: PortSpec, out_dir: Path, result: CompileResult):
-        modules = load_exported(out_dir, result)
-        decoder = {name: m for name, m in modules.items() if not name.startswith("encoder_")}
-        # the decoder graphs share one set of caches
-        model = cls.from_export(spec, decoder, list(result.details["kv_cache"]))
-        model.graphs.update({name: m for name, m in modules.items() if name.startswith("encoder_")})
+        cache = new_cache(result)
+        weights = load_weights(out_dir, result.details["weights"])
+        model = cls(spec, load_exported(out_dir, result, weights, cache), cache, weights)
         model.decoder_start_id = result.details["decoder_start_token_id"]
         model.pad_id = result.details.get("pad_token_id", 0)
         return model
