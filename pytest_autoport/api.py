@@ -13,12 +13,12 @@ there are no NeuronCores); ``compile_model`` then builds it and runs one forward
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import sys
 import traceback
 from dataclasses import asdict, dataclass
-from functools import cached_property
 from pathlib import Path
 
 from .errors import AutoportError
@@ -41,7 +41,7 @@ class CompilationConfig:
     tp_degree: int = 1
     ep_degree: int = 1  # expert parallelism (MoE): nxdi device graphs; the torch target runs all experts
     use_fp16: bool = True  # bfloat16 weights and graphs; False: float32
-    num_layers: int | None = None  # keep only the first N decoder layers (faster test compiles)
+    num_layers: int | None = None  # keep the first N decoder layers (--autoport-layers; faster compiles)
     cpu_mode: bool = False  # no compilation: the eager port (torch) or NxDI's CPU-mode application
     target: str = "torch"
     hf_model_class: str | None = None  # default: architectures[0] of <model_path>/config.json
@@ -61,13 +61,11 @@ def _spec_name(model_class: str) -> str:
 
 
 class _ApiSession(AutoportSession):
-    """The stage engine's session with the compiled artifacts under the caller's output path and,
-    optionally, a model cut to its first ``num_layers`` decoder layers."""
+    """The stage engine's session with the compiled artifacts under the caller's output path."""
 
-    def __init__(self, spec, options, output: Path, num_layers: int | None):
+    def __init__(self, spec, options, output: Path):
         super().__init__(spec, options)
         self._output = output
-        self._num_layers = num_layers
 
     @property
     def compiled_root(self) -> Path:
@@ -76,23 +74,6 @@ class _ApiSession(AutoportSession):
     @property
     def failures_root(self) -> Path:
         return self._output / "compilation_failures"
-
-    @cached_property
-    def hf_config(self):
-        config = super().hf_config
-        if self._num_layers:
-            config.num_hidden_layers = min(self._num_layers, config.num_hidden_layers)
-        return config
-
-    @cached_property
-    def hf_state_dict(self) -> dict:
-        state = super().hf_state_dict
-        if not self._num_layers:
-            return state
-        layer = re.compile(r"\.layers\.(\d+)\.")
-        return {
-            k: v for k, v in state.items() if not (m := layer.search(k)) or int(m.group(1)) < self._num_layers
-        }
 
 
 def _session(config: CompilationConfig, spec_path: Path) -> _ApiSession:
@@ -118,7 +99,10 @@ def _session(config: CompilationConfig, spec_path: Path) -> _ApiSession:
 
     import_port_class(spec)
     options = Options(artifacts_dir=output.parent, target=config.target)
-    return _ApiSession(spec, options, output, config.num_layers)
+    session = _ApiSession(spec, options, output)
+    if config.num_layers and config.num_layers < session.full_layers:  # the verdict's --autoport-layers
+        session = _ApiSession(spec, dataclasses.replace(options, layers=config.num_layers), output)
+    return session
 
 
 def compile_model(config: CompilationConfig) -> bool:
@@ -137,6 +121,7 @@ def compile_model(config: CompilationConfig) -> bool:
         "output_path": str(output),
         "spec": str(session.spec.path),
         "dtype": session.spec.port.dtype,
+        "layers": session.layers_record,  # {"judged": N, "total": M} with num_layers, else None
         **built,
     }
     from .results import write_atomic

@@ -35,6 +35,8 @@ cpu = dict(model_class=NeuronLlamaForCausalLM, model_path=WEIGHTS, output_path="
            use_fp16=False, cpu_mode=True)
 cpu_compiled = compile_model(CompilationConfig(**cpu))
 cpu_greedy = run_inference_with_classes(**{**common, "compiled_path": "cpu_model"}, suppress_special_tokens=False)
+cut_compiled = compile_model(CompilationConfig(**{**cpu, "output_path": "cut_model", "num_layers": 1}))
+cut_greedy = run_inference_with_classes(**{**common, "compiled_path": "cut_model"})
 
 import torch, transformers
 tok = transformers.AutoTokenizer.from_pretrained(WEIGHTS)
@@ -43,7 +45,8 @@ ids = tok(PROMPT, return_tensors="pt")["input_ids"]
 out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False)
 hf_text = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
 print("RESULT " + json.dumps({"compiled": compiled, "greedy": greedy, "sampled": sampled, "hf": hf_text,
-                              "cpu_compiled": cpu_compiled, "cpu_greedy": cpu_greedy}))
+                              "cpu_compiled": cpu_compiled, "cpu_greedy": cpu_greedy,
+                              "cut_compiled": cut_compiled, "cut_greedy": cut_greedy}))
 """
 
 
@@ -87,6 +90,13 @@ def test_compile_and_inference_from_a_script_outside_the_repository(tmp_path, ti
     assert success is True, metrics
     assert response == result["hf"] and metrics["path"] == "cpu"
     assert result["greedy"][2]["path"] == "compiled"
+    assert saved["layers"] is None
+
+    # num_layers: the first decoder layer only, as --autoport-layers=1 judges it
+    assert result["cut_compiled"] is True
+    cut = json.loads((tmp_path / "cut_model/neuron_config.json").read_text())
+    assert cut["layers"] == {"judged": 1, "total": 2} and cut["num_layers"] == 1
+    assert result["cut_greedy"][0] is True, result["cut_greedy"][2]
 
 
 FAILING = """
