@@ -39,6 +39,10 @@ class Topic:
     signatures: tuple[re.Pattern, ...]
     metric_signatures: tuple[MetricSignature, ...] = ()
 
+    @property
+    def name(self) -> str:
+        return self.file.removeprefix("kb/").removesuffix(".md")
+
 
 @dataclass(frozen=True)
 class Cause:
@@ -119,15 +123,34 @@ def search(text: str) -> list[Topic]:
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("action", choices=("search",), help="search: the entries for an error text")
-    parser.add_argument("text", nargs="+", help="error text or keywords")
+    parser.add_argument(
+        "action",
+        choices=("search", "show"),
+        help="search: the entries for an error text; show: print a topic (kb/<topic>.md)",
+    )
+    parser.add_argument("text", nargs="+", help="error text or keywords; for show, the topic's name")
 
 
 def run(args) -> int:
+    if args.action == "show":
+        return _show(" ".join(args.text))
     hits = search(" ".join(args.text))
     if not hits:
         print("no knowledge-base entry matches")
         return 1
     for topic in hits[:5]:
-        print(f"{topic.file}: {topic.title}")
+        print(f"{topic.file}: {topic.title}   (autoport kb show {topic.name})")
     return 0
+
+
+def _show(name: str) -> int:
+    """Print a topic, found by name, file name or ``kb/<name>.md`` as the likely-cause lines write it."""
+    wanted = name.strip().removeprefix("kb/").removesuffix(".md")
+    for topic in topics():
+        if topic.name == wanted:
+            print(f"# {KB_DIR / (topic.name + '.md')}\n")
+            print(topic.text)
+            return 0
+    known = ", ".join(t.name for t in topics())
+    print(f"no knowledge-base topic {name!r}; topics: {known}")
+    return 1

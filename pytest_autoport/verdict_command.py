@@ -13,7 +13,15 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     import pytest
 
-    argv = [f"--autoport-model={args.spec}", "-p", "no:cacheprovider"]
+    # this command imported the plugin before pytest started, so pytest cannot rewrite its asserts (it
+    # has none that need rewriting): that warning would only be noise
+    argv = [
+        f"--autoport-model={args.spec}",
+        "-p",
+        "no:cacheprovider",
+        "-W",
+        "ignore::pytest.PytestAssertRewriteWarning",
+    ]
     if args.target:
         argv.append(f"--autoport-target={args.target}")
     if args.dry_run:

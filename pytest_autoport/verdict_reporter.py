@@ -117,6 +117,8 @@ class VerdictReporter:
         verdict = self.verdict
         verdict.versions.setdefault("pytest_autoport", __version__)
         verdict.selection = self._selection(config)
+        if not verdict.weights:  # the weights stage did not run: the checkpoint this process resolved
+            verdict.weights = _resolved_weights(self.state)
         judged = self.state.option("autoport_layers")
         if judged is not None and verdict.layers is None:  # the weights stage did not run: count them here
             verdict.layers = {"judged": judged, "total": _total_layers(self.state)}
@@ -157,6 +159,13 @@ class VerdictReporter:
             terminalreporter.write_line(f"report: {self.html}")
         if self.write_error:
             terminalreporter.write_line(f"results not written: {self.write_error}", red=True)
+
+
+def _resolved_weights(state) -> dict:
+    """The checkpoint's record when this process's session has already resolved it (never resolves it
+    here: that could train a tiny checkpoint after the run)."""
+    weights = vars(state.session).get("weights") if state.session is not None else None
+    return weights.to_dict() if weights is not None else {}
 
 
 def _total_layers(state) -> int | None:

@@ -98,3 +98,12 @@ def test_every_topic_has_signatures_and_kb_search_finds_them(capsys):
     assert main(["kb", "search", "mlp (layer 0) differs from HF"]) == 0
     assert capsys.readouterr().out.splitlines()[0].startswith("kb/mlp_and_fused_weights.md")
     assert main(["kb", "search", "zzzz qqqq"]) == 1
+    capsys.readouterr()
+    # after a pip install there is no kb/ folder in the user's project: a topic prints by its name, or by
+    # the kb/<file>.md a likely-cause line names
+    for name in ("attention_and_rope", "kb/attention_and_rope.md"):
+        assert main(["kb", "show", name]) == 0
+        out = capsys.readouterr().out
+        assert "attention_and_rope.md" in out.splitlines()[0] and "# Attention and RoPE variants" in out
+    assert main(["kb", "show", "nonsense"]) == 1
+    assert "topics: " in capsys.readouterr().out

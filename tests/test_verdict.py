@@ -117,6 +117,9 @@ def test_k_selects_one_component(port_project):
         "component[mlp-layer0]",
         "component[mlp-layer1]",
     ]
+    # the weights stage did not run, yet the verdict names the checkpoint it judged
+    assert port_project.results()["weights"]["kind"] == "tiny-trained"
+    result.stdout.fnmatch_lines(["verdict: PARTIAL, PASSED (*, tiny-trained weights)"])
 
 
 def test_second_run_reuses_compiled_artifact(port_project):
