@@ -95,9 +95,15 @@ class StreamingReference:
         if outside:
             raise AutoportError(f"{self.folder}: the checkpoint lacks {outside[:8]} for {model_class}")
         self.max_materialized_layers = 0
+        self._bar = None  # the progress bar of the forward in flight
         for index, layer in enumerate(self.layers):
             layer.register_forward_pre_hook(lambda mod, args, index=index: self._materialize(index))
-            layer.register_forward_hook(lambda mod, args, out: _to_meta(mod))
+            layer.register_forward_hook(lambda mod, args, out: self._release(mod))
+
+    def _release(self, layer) -> None:
+        _to_meta(layer)
+        if self._bar is not None:
+            self._bar.update(1)
 
     def _materialize(self, index: int) -> None:
         layer = self.layers[index]
@@ -128,9 +134,13 @@ class StreamingReference:
         for row, seq in enumerate(sequences):
             ids[row, : len(seq)] = torch.tensor(seq)
             mask[row, : len(seq)] = 1
+        from .progress import progress
+
         try:
-            logits = self.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+            with progress(total=len(self.layers), desc="FP32 reference, layer by layer") as self._bar:
+                logits = self.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
         finally:
+            self._bar = None
             for layer in self.layers:  # a forward that raised leaves its layer materialised
                 _to_meta(layer)
         return [logits[row, : len(seq)].float() for row, seq in enumerate(sequences)]
