@@ -132,26 +132,60 @@ def _customises_startup() -> bool:
 
 def runpytest(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
     """What ``pytester.runpytest_subprocess(*args)`` returns, run in a fork of the preloaded server."""
-    if os.environ.get("AUTOPORT_TESTS_SUBPROCESS") == "1" or _customises_startup():
+    if _wants_subprocess():
         return pytester.runpytest_subprocess(*args)
-    from _pytest.pathlib import make_numbered_dir
-
-    context = _fork_server()
-    basetemp = make_numbered_dir(root=pytester.path, prefix="runpytest-", mode=0o700)
-    # a plugin module the server imported (anyio's, through transformers) cannot be assertion-rewritten
-    quiet = ["-W", "ignore::pytest.PytestAssertRewriteWarning"]
-    argv = [f"--basetemp={basetemp}", *quiet, *map(str, args)]
     for plugin in pytester.plugins:
         if not isinstance(plugin, str):
             raise ValueError(f"plugins of a forked run are named, not objects: {plugin}")
-        argv[:0] = ["-p", plugin]
-    cwd = os.getcwd()
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [cwd, env.get("PYTHONPATH", "")]))
-    path = [cwd, *env["PYTHONPATH"].split(os.pathsep), *_base_path]
-    out, err = pytester.path / "stdout", pytester.path / "stderr"
+    return _forked(pytester.path, Path.cwd(), dict(os.environ), [*pytester.plugins], args)
+
+
+def run_in(folder: Path, *args: str) -> pytest.RunResult:
+    """``pytest *args`` run in ``folder`` outside any test, with the environment a pytester run has there
+    (its HOME, no PYTEST_ADDOPTS, no colours): for runs shared by several tests. Its output is kept
+    in ``folder/stdout`` and ``folder/stderr``."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTEST_ADDOPTS", "TOX_ENV_DIR")}
+    env.update(HOME=str(folder), USERPROFILE=str(folder), PY_COLORS="0")
+    if not _wants_subprocess():
+        return _forked(folder, folder, env, [], args)
+    from _pytest.pathlib import make_numbered_dir
+
+    basetemp = make_numbered_dir(root=folder, prefix="runpytest-", mode=0o700)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(folder), env.get("PYTHONPATH", "")]))
     start = time.monotonic()
-    process = context.Process(target=_run_pytest, args=(argv, cwd, env, path, str(out), str(err)))
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", f"--basetemp={basetemp}", *map(str, args)],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    (folder / "stdout").write_text(done.stdout)
+    (folder / "stderr").write_text(done.stderr)
+    return _result(
+        done.returncode, done.stdout.splitlines(), done.stderr.splitlines(), time.monotonic() - start
+    )
+
+
+def _wants_subprocess() -> bool:
+    return os.environ.get("AUTOPORT_TESTS_SUBPROCESS") == "1" or _customises_startup()
+
+
+def _forked(folder: Path, cwd: Path, env: dict[str, str], plugins: list[str], args) -> pytest.RunResult:
+    from _pytest.pathlib import make_numbered_dir
+
+    context = _fork_server()
+    basetemp = make_numbered_dir(root=folder, prefix="runpytest-", mode=0o700)
+    # a plugin module the server imported (anyio's, through transformers) cannot be assertion-rewritten
+    quiet = ["-W", "ignore::pytest.PytestAssertRewriteWarning"]
+    argv = [f"--basetemp={basetemp}", *quiet, *map(str, args)]
+    for plugin in plugins:
+        argv[:0] = ["-p", plugin]
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(cwd), env.get("PYTHONPATH", "")]))
+    path = [str(cwd), *env["PYTHONPATH"].split(os.pathsep), *_base_path]
+    out, err = folder / "stdout", folder / "stderr"
+    start = time.monotonic()
+    process = context.Process(target=_run_pytest, args=(argv, str(cwd), env, path, str(out), str(err)))
     process.start()
     try:
         process.join()
@@ -163,7 +197,10 @@ def runpytest(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
     errlines = err.read_text(errors="replace").splitlines()
     print("\n".join(outlines))
     print("\n".join(errlines), file=sys.stderr)
-    code = process.exitcode
+    return _result(process.exitcode, outlines, errlines, duration)
+
+
+def _result(code: int, outlines: list[str], errlines: list[str], duration: float) -> pytest.RunResult:
     try:
         ret: int | pytest.ExitCode = pytest.ExitCode(code)
     except ValueError:

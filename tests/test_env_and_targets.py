@@ -6,10 +6,11 @@ import subprocess
 import sys
 
 
-def test_header_and_env_stage(port_project):
-    result = port_project.run("-k", "env")
-    result.stdout.fnmatch_lines(["autoport: spec *llama.toml, target torch", "autoport: python *"])
-    figures = port_project.stage("env")["figures"]
+def test_header_and_env_stage(llama_verdict):
+    llama_verdict.result.stdout.fnmatch_lines(
+        ["autoport: spec *llama.toml, target torch", "autoport: python *"]
+    )
+    figures = llama_verdict.stage("env")["figures"]
     assert figures["target_available"] is True
     assert "golden" in figures["runnable_stages"]
     assert figures["packages"]["torch"].startswith("2.")

@@ -102,9 +102,8 @@ def test_band_override_needs_and_reports_a_reason(port_project):
     assert figures["band_reason"] == "fused SwiGLU kernel accumulates in fp32"
 
 
-def test_golden_all_modes_on_correct_port(port_project):
-    port_project.run("-k", "golden", "--autoport-golden-mode=all")
-    golden = port_project.stage("golden")
+def test_golden_all_modes_on_correct_port(llama_verdict):  # run with --autoport-golden-mode=all
+    golden = llama_verdict.stage("golden")
     assert golden["status"] == "passed"
     figures = golden["figures"]
     assert figures["token_match"] == 1.0 and figures["teacher_forced_match"] == 1.0
