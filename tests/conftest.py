@@ -265,6 +265,13 @@ def llama_verdict(tmp_path_factory, tiny_weights) -> SharedVerdict:
     return shared_verdict(tmp_path_factory, "llama-verdict", "llama", weights, *args)
 
 
+@pytest.fixture(scope="session")
+def llama_dry_run(tmp_path_factory, tiny_weights) -> SharedVerdict:
+    """``--autoport-dry-run`` of the unmodified bundled Llama port, run once for the tests that read it."""
+    weights = tiny_weights("llama")
+    return shared_verdict(tmp_path_factory, "llama-dry-run", "llama", weights, "--autoport-dry-run")
+
+
 @pytest.fixture
 def compiled_port_project(port_project, llama_verdict) -> PortProject:
     """``port_project`` holding the compiled artifacts of ``llama_verdict`` (whose compile figures

@@ -26,7 +26,8 @@ def test_correct_port_passes_every_stage(llama_verdict):
 
 
 def in_both_dtypes(*components: str) -> tuple[str, ...]:
-    """The stage ids of ``components`` checked in FP32 and in bf16, and of both model checks."""
+    """The stage ids of ``components`` checked in FP32 and in bf16, and of both model checks: a logic
+    bug is caught in both modes (swapped_gate_up fails mlp-layer0 and mlp-layer0-bfloat16)."""
     ids = [f"component[{c}{suffix}]" for suffix in ("", "-bfloat16") for c in components]
     return (*ids, "model", "model[bfloat16]")
 
