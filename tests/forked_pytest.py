@@ -5,7 +5,8 @@ bundled models' modelling code; the suite starts about a hundred of them. A fork
 process) imports those once; each run is a fork of it that sets up the working folder, environment and
 ``sys.path`` a ``python -m pytest`` started there would have, so the run sees the project it is given
 (its ``neuron_port`` copy, its planted bugs) and imports the harness afresh. What the fork server
-imported is read once when it starts: runs that need an interpreter started with other settings
+imported is read once when it starts, and so is the harness's package check (the env stage's new
+interpreter importing every package), made once per PYTHONPATH and PATH: runs that need an interpreter started with other settings
 (another environment variable read at torch import, another Python) use a real subprocess.
 A PYTHONPATH holding a ``sitecustomize`` makes that run a real subprocess, and
 ``AUTOPORT_TESTS_SUBPROCESS=1`` makes every run one.
@@ -14,6 +15,7 @@ A PYTHONPATH holding a ``sitecustomize`` makes that run a real subprocess, and
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import json
 import multiprocessing
 import multiprocessing.forkserver
@@ -99,7 +101,37 @@ def _fork_server():
     return _context
 
 
-def _run_pytest(args: list[str], cwd: str, env: dict[str, str], path: list[str], out: str, err: str) -> None:
+def _checked_packages() -> list[dict]:
+    """The harness's package check (``envcheck.check_packages``: a new interpreter that imports torch,
+    transformers and the Neuron packages, seconds long), made once per PYTHONPATH and PATH in this test
+    process and handed to each forked run, which would otherwise start that interpreter again."""
+    from pytest_autoport.envcheck import ALL_PACKAGES, check_packages
+
+    key = (os.environ.get("PYTHONPATH", ""), os.environ.get("PATH", ""))
+    if key not in _package_checks:
+        statuses = check_packages(ALL_PACKAGES, refresh=True).values()
+        _package_checks[key] = [dataclasses.asdict(status) for status in statuses]
+    return _package_checks[key]
+
+
+_package_checks: dict[tuple[str, str], list[dict]] = {}
+
+
+def _remember_packages(packages: list[dict]) -> None:
+    """Seed this run's package-check cache (keyed like ``check_packages`` keys it) with ``packages``."""
+    from pytest_autoport import envcheck
+
+    names = tuple(envcheck._spec_for(name)[0] for name in envcheck.ALL_PACKAGES)
+    if names != tuple(package["name"] for package in packages):
+        return  # another list of packages: the run checks them itself
+    env = os.environ
+    key = (sys.executable, names, env.get("PYTHONPATH", ""), env.get("PATH", ""), os.getcwd())
+    envcheck._CACHE[key] = {package["name"]: envcheck.PackageStatus(**package) for package in packages}
+
+
+def _run_pytest(
+    args: list[str], cwd: str, env: dict[str, str], path: list[str], out: str, err: str, packages: list[dict]
+) -> None:
     stdout = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     stderr = os.open(err, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     stdin = os.open(os.devnull, os.O_RDONLY)
@@ -115,6 +147,7 @@ def _run_pytest(args: list[str], cwd: str, env: dict[str, str], path: list[str],
     try:
         import pytest
 
+        _remember_packages(packages)
         code = int(pytest.main(args))
     finally:
         atexit._run_exitfuncs()
@@ -185,7 +218,10 @@ def _forked(folder: Path, cwd: Path, env: dict[str, str], plugins: list[str], ar
     path = [str(cwd), *env["PYTHONPATH"].split(os.pathsep), *_base_path]
     out, err = folder / "stdout", folder / "stderr"
     start = time.monotonic()
-    process = context.Process(target=_run_pytest, args=(argv, str(cwd), env, path, str(out), str(err)))
+    packages = _checked_packages()
+    process = context.Process(
+        target=_run_pytest, args=(argv, str(cwd), env, path, str(out), str(err), packages)
+    )
     process.start()
     try:
         process.join()
