@@ -249,7 +249,10 @@ def shared_verdict(tmp_path_factory, what: str, name: str, weights: Path, *args:
                 shutil.rmtree(folder)
             folder.mkdir()
             _write_project(folder, name, weights)
-            result = forked_pytest.run_in(folder, f"--autoport-model={name}", "-p", "no:cacheprovider", *args)
+            with pytest.MonkeyPatch.context() as env:  # the installed blocks, whichever test asked first
+                env.delenv("AUTOPORT_BLOCKS_PATH", raising=False)
+                args = (f"--autoport-model={name}", "-p", "no:cacheprovider", *args)
+                result = forked_pytest.run_in(folder, *args)
             exit_code.write_text(str(int(result.ret)))
     lines = {part: (folder / part).read_text(errors="replace").splitlines() for part in ("stdout", "stderr")}
     result = pytest.RunResult(int(exit_code.read_text()), lines["stdout"], lines["stderr"], 0.0)
