@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import shutil
 from pathlib import Path
 
 import forked_pytest
 import pytest
+from filelock import FileLock
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -74,15 +76,18 @@ class PortProject:
         self.pytester = pytester
         self.name = name
         self.root = pytester.path
-        shutil.copytree(
-            REPO / "neuron_port", self.root / "neuron_port", ignore=shutil.ignore_patterns("__pycache__")
-        )
-        (self.root / "port_specs").mkdir()
-        spec_text = (REPO / "port_specs" / f"{name}.toml").read_text()
-        spec_text = re.sub(r'weights_path = ".*"', f'weights_path = "{weights}"', spec_text)
-        self.spec = self.root / "port_specs" / f"{name}.toml"
-        self.spec.write_text(spec_text)
+        self.spec = _write_project(self.root, name, weights)
         self.blocks = self.root / "planted_blocks"
+
+    def copy_compiled(self, run: SharedVerdict) -> None:
+        """Start with the compiled artifacts a shared verdict built. Their keys cover every input of a
+        build, so a run here reuses one only while nothing it was built from differs."""
+        shutil.copytree(
+            run.root / COMPILED,
+            self.root / COMPILED,
+            ignore=shutil.ignore_patterns(".locks", ".tmp-*"),
+            dirs_exist_ok=True,
+        )
 
     def plant(self, bug: str) -> None:
         self.replace(*PLANTED_BUGS[bug], what=bug)
@@ -200,6 +205,82 @@ class PortProject:
             assert statuses[downstream] == "skipped"
         assert "Traceback" not in result.stdout.str()
         return statuses
+
+
+COMPILED = Path("agent_artifacts", "data", "compiled_model")
+
+
+def _write_project(root: Path, name: str, weights: Path) -> Path:
+    """The bundled ports and spec ``name`` (reading ``weights``) under ``root``; returns the spec."""
+    shutil.copytree(REPO / "neuron_port", root / "neuron_port", ignore=shutil.ignore_patterns("__pycache__"))
+    (root / "port_specs").mkdir()
+    spec_text = (REPO / "port_specs" / f"{name}.toml").read_text()
+    spec_text = re.sub(r'weights_path = ".*"', f'weights_path = "{weights}"', spec_text)
+    spec = root / "port_specs" / f"{name}.toml"
+    spec.write_text(spec_text)
+    return spec
+
+
+class SharedVerdict:
+    """A verdict of an unmodified bundled port, run once per test run and read by several tests:
+    ``result`` (its exit code and terminal output), ``results()``, ``stage()``, ``statuses()``.
+    Its folder is shared: a test that edits or reruns anything uses its own ``PortProject``."""
+
+    def __init__(self, root: Path, name: str, result: pytest.RunResult):
+        self.root, self.name, self.result = root, name, result
+
+    results = PortProject.results
+    stage = PortProject.stage
+    statuses = PortProject.statuses
+    assert_passes_every_stage = PortProject.assert_passes_every_stage
+
+
+def shared_verdict(tmp_path_factory, what: str, name: str, weights: Path, *args: str) -> SharedVerdict:
+    """The verdict ``pytest --autoport-model=<name> *args`` of the unmodified port, run by the first
+    test process of this test run that asks for ``what`` and read by the others (xdist workers too)."""
+    run_id = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    base = tmp_path_factory.getbasetemp()
+    folder = (base.parent / f"autoport-shared-{run_id}" if run_id else base / "autoport-shared") / what
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    exit_code = folder / "exit_code"
+    with FileLock(f"{folder}.lock"):
+        if not exit_code.exists():
+            if folder.exists():  # a run that broke off
+                shutil.rmtree(folder)
+            folder.mkdir()
+            _write_project(folder, name, weights)
+            with pytest.MonkeyPatch.context() as env:  # the installed blocks, whichever test asked first
+                env.delenv("AUTOPORT_BLOCKS_PATH", raising=False)
+                args = (f"--autoport-model={name}", "-p", "no:cacheprovider", *args)
+                result = forked_pytest.run_in(folder, *args)
+            exit_code.write_text(str(int(result.ret)))
+    lines = {part: (folder / part).read_text(errors="replace").splitlines() for part in ("stdout", "stderr")}
+    result = pytest.RunResult(int(exit_code.read_text()), lines["stdout"], lines["stderr"], 0.0)
+    return SharedVerdict(folder, name, result)
+
+
+@pytest.fixture(scope="session")
+def llama_verdict(tmp_path_factory, tiny_weights) -> SharedVerdict:
+    """The full verdict of the unmodified bundled Llama port, golden checked in every mode, with a
+    JUnit report (``report.xml``): run once, for the tests that only read it."""
+    weights = tiny_weights("llama")
+    args = ("--autoport-golden-mode=all", "--junitxml=report.xml")
+    return shared_verdict(tmp_path_factory, "llama-verdict", "llama", weights, *args)
+
+
+@pytest.fixture(scope="session")
+def llama_dry_run(tmp_path_factory, tiny_weights) -> SharedVerdict:
+    """``--autoport-dry-run`` of the unmodified bundled Llama port, run once for the tests that read it."""
+    weights = tiny_weights("llama")
+    return shared_verdict(tmp_path_factory, "llama-dry-run", "llama", weights, "--autoport-dry-run")
+
+
+@pytest.fixture
+def compiled_port_project(port_project, llama_verdict) -> PortProject:
+    """``port_project`` holding the compiled artifacts of ``llama_verdict`` (whose compile figures
+    are the first build's)."""
+    port_project.copy_compiled(llama_verdict)
+    return port_project
 
 
 def _where(component: str) -> str:

@@ -5,7 +5,8 @@ bundled models' modelling code; the suite starts about a hundred of them. A fork
 process) imports those once; each run is a fork of it that sets up the working folder, environment and
 ``sys.path`` a ``python -m pytest`` started there would have, so the run sees the project it is given
 (its ``neuron_port`` copy, its planted bugs) and imports the harness afresh. What the fork server
-imported is read once when it starts: runs that need an interpreter started with other settings
+imported is read once when it starts, and so is the harness's package check (the env stage's new
+interpreter importing every package), made once per PYTHONPATH and PATH: runs that need an interpreter started with other settings
 (another environment variable read at torch import, another Python) use a real subprocess.
 A PYTHONPATH holding a ``sitecustomize`` makes that run a real subprocess, and
 ``AUTOPORT_TESTS_SUBPROCESS=1`` makes every run one.
@@ -14,6 +15,7 @@ A PYTHONPATH holding a ``sitecustomize`` makes that run a real subprocess, and
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import json
 import multiprocessing
 import multiprocessing.forkserver
@@ -99,7 +101,37 @@ def _fork_server():
     return _context
 
 
-def _run_pytest(args: list[str], cwd: str, env: dict[str, str], path: list[str], out: str, err: str) -> None:
+def _checked_packages() -> list[dict]:
+    """The harness's package check (``envcheck.check_packages``: a new interpreter that imports torch,
+    transformers and the Neuron packages, seconds long), made once per PYTHONPATH and PATH in this test
+    process and handed to each forked run, which would otherwise start that interpreter again."""
+    from pytest_autoport.envcheck import ALL_PACKAGES, check_packages
+
+    key = (os.environ.get("PYTHONPATH", ""), os.environ.get("PATH", ""))
+    if key not in _package_checks:
+        statuses = check_packages(ALL_PACKAGES, refresh=True).values()
+        _package_checks[key] = [dataclasses.asdict(status) for status in statuses]
+    return _package_checks[key]
+
+
+_package_checks: dict[tuple[str, str], list[dict]] = {}
+
+
+def _remember_packages(packages: list[dict]) -> None:
+    """Seed this run's package-check cache (keyed like ``check_packages`` keys it) with ``packages``."""
+    from pytest_autoport import envcheck
+
+    names = tuple(envcheck._spec_for(name)[0] for name in envcheck.ALL_PACKAGES)
+    if names != tuple(package["name"] for package in packages):
+        return  # another list of packages: the run checks them itself
+    env = os.environ
+    key = (sys.executable, names, env.get("PYTHONPATH", ""), env.get("PATH", ""), os.getcwd())
+    envcheck._CACHE[key] = {package["name"]: envcheck.PackageStatus(**package) for package in packages}
+
+
+def _run_pytest(
+    args: list[str], cwd: str, env: dict[str, str], path: list[str], out: str, err: str, packages: list[dict]
+) -> None:
     stdout = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     stderr = os.open(err, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     stdin = os.open(os.devnull, os.O_RDONLY)
@@ -115,6 +147,7 @@ def _run_pytest(args: list[str], cwd: str, env: dict[str, str], path: list[str],
     try:
         import pytest
 
+        _remember_packages(packages)
         code = int(pytest.main(args))
     finally:
         atexit._run_exitfuncs()
@@ -132,26 +165,63 @@ def _customises_startup() -> bool:
 
 def runpytest(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
     """What ``pytester.runpytest_subprocess(*args)`` returns, run in a fork of the preloaded server."""
-    if os.environ.get("AUTOPORT_TESTS_SUBPROCESS") == "1" or _customises_startup():
+    if _wants_subprocess():
         return pytester.runpytest_subprocess(*args)
-    from _pytest.pathlib import make_numbered_dir
-
-    context = _fork_server()
-    basetemp = make_numbered_dir(root=pytester.path, prefix="runpytest-", mode=0o700)
-    # a plugin module the server imported (anyio's, through transformers) cannot be assertion-rewritten
-    quiet = ["-W", "ignore::pytest.PytestAssertRewriteWarning"]
-    argv = [f"--basetemp={basetemp}", *quiet, *map(str, args)]
     for plugin in pytester.plugins:
         if not isinstance(plugin, str):
             raise ValueError(f"plugins of a forked run are named, not objects: {plugin}")
-        argv[:0] = ["-p", plugin]
-    cwd = os.getcwd()
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [cwd, env.get("PYTHONPATH", "")]))
-    path = [cwd, *env["PYTHONPATH"].split(os.pathsep), *_base_path]
-    out, err = pytester.path / "stdout", pytester.path / "stderr"
+    return _forked(pytester.path, Path.cwd(), dict(os.environ), [*pytester.plugins], args)
+
+
+def run_in(folder: Path, *args: str) -> pytest.RunResult:
+    """``pytest *args`` run in ``folder`` outside any test, with the environment a pytester run has there
+    (its HOME, no PYTEST_ADDOPTS, no colours): for runs shared by several tests. Its output is kept
+    in ``folder/stdout`` and ``folder/stderr``."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTEST_ADDOPTS", "TOX_ENV_DIR")}
+    env.update(HOME=str(folder), USERPROFILE=str(folder), PY_COLORS="0")
+    if not _wants_subprocess():
+        return _forked(folder, folder, env, [], args)
+    from _pytest.pathlib import make_numbered_dir
+
+    basetemp = make_numbered_dir(root=folder, prefix="runpytest-", mode=0o700)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(folder), env.get("PYTHONPATH", "")]))
     start = time.monotonic()
-    process = context.Process(target=_run_pytest, args=(argv, cwd, env, path, str(out), str(err)))
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", f"--basetemp={basetemp}", *map(str, args)],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    (folder / "stdout").write_text(done.stdout)
+    (folder / "stderr").write_text(done.stderr)
+    return _result(
+        done.returncode, done.stdout.splitlines(), done.stderr.splitlines(), time.monotonic() - start
+    )
+
+
+def _wants_subprocess() -> bool:
+    return os.environ.get("AUTOPORT_TESTS_SUBPROCESS") == "1" or _customises_startup()
+
+
+def _forked(folder: Path, cwd: Path, env: dict[str, str], plugins: list[str], args) -> pytest.RunResult:
+    from _pytest.pathlib import make_numbered_dir
+
+    context = _fork_server()
+    basetemp = make_numbered_dir(root=folder, prefix="runpytest-", mode=0o700)
+    # a plugin module the server imported (anyio's, through transformers) cannot be assertion-rewritten
+    quiet = ["-W", "ignore::pytest.PytestAssertRewriteWarning"]
+    argv = [f"--basetemp={basetemp}", *quiet, *map(str, args)]
+    for plugin in plugins:
+        argv[:0] = ["-p", plugin]
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(cwd), env.get("PYTHONPATH", "")]))
+    path = [str(cwd), *env["PYTHONPATH"].split(os.pathsep), *_base_path]
+    out, err = folder / "stdout", folder / "stderr"
+    start = time.monotonic()
+    packages = _checked_packages()
+    process = context.Process(
+        target=_run_pytest, args=(argv, str(cwd), env, path, str(out), str(err), packages)
+    )
     process.start()
     try:
         process.join()
@@ -163,7 +233,10 @@ def runpytest(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
     errlines = err.read_text(errors="replace").splitlines()
     print("\n".join(outlines))
     print("\n".join(errlines), file=sys.stderr)
-    code = process.exitcode
+    return _result(process.exitcode, outlines, errlines, duration)
+
+
+def _result(code: int, outlines: list[str], errlines: list[str], duration: float) -> pytest.RunResult:
     try:
         ret: int | pytest.ExitCode = pytest.ExitCode(code)
     except ValueError:

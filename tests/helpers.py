@@ -2,7 +2,31 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 from pytest_autoport.generation import StaticGraphs
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def bundled_specs() -> list[Path]:
+    """The bundled specs: each ``port_specs/*.toml`` with a ``[tiny]`` table, the ones the suite can make
+    a tiny checkpoint for. A user's own spec beside them (no ``[tiny]``, or TOML that does not parse)
+    is left out."""
+    specs = []
+    for path in sorted((REPO / "port_specs").glob("*.toml")):
+        try:
+            if "tiny" in tomllib.loads(path.read_text(encoding="utf-8")):
+                specs.append(path)
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError):
+            continue
+    return specs
 
 
 def fake_static_graphs(graph, *, batch_size, max_seq_len=16, context=(4, 8), token=(8, 16)) -> StaticGraphs:

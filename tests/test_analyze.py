@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import bundled_specs
+
 REPO = Path(__file__).resolve().parents[1]
 PHI3 = {
     "num_hidden_layers": 2,
@@ -88,7 +90,7 @@ def test_cli_reads_a_config_file_and_prints_json(tmp_path, capsys):
     assert "neither a folder, a config.json nor a transformers model type" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "port_specs").glob("*.toml")))
+@pytest.mark.parametrize("name", [p.stem for p in bundled_specs()])
 def test_preflight_is_silent_on_every_bundled_spec(name):
     from pytest_autoport.analyze import analyze, load_config, preflight
     from pytest_autoport.spec import load_spec

@@ -12,9 +12,20 @@ def compile_figures(project):
     return project.stage("compile")["figures"]
 
 
-def test_editing_port_source_recompiles(port_project):
-    port_project.run("-k", "compile")
-    first = compile_figures(port_project)
+def copied_entry(project, run) -> Path:
+    """The copy in ``project`` of the artifact the shared verdict ``run`` compiled."""
+    return (
+        project.root
+        / "agent_artifacts"
+        / "data"
+        / "compiled_model"
+        / Path(compile_figures(run)["artifact"]).name
+    )
+
+
+def test_editing_port_source_recompiles(llama_verdict, compiled_port_project):
+    port_project = compiled_port_project
+    first = compile_figures(llama_verdict)  # the build of the unedited source, copied here
     port_project.replace("llama/modeling_llama.py", '"""Llama family port', '"""Llama family port (edited)')
     port_project.run("-k", "compile")
     second = compile_figures(port_project)
@@ -22,10 +33,11 @@ def test_editing_port_source_recompiles(port_project):
     assert first["key"] != second["key"]
 
 
-def test_clean_cache_option_forces_a_compile(port_project):
-    port_project.run("-k", "compile")
-    port_project.run("-k", "compile", "--autoport-clean-cache")
-    assert compile_figures(port_project)["compiled"] is True
+def test_clean_cache_option_forces_a_compile(llama_verdict, compiled_port_project):
+    assert copied_entry(compiled_port_project, llama_verdict).is_dir()  # a ready artifact of this key
+    compiled_port_project.run("-k", "compile", "--autoport-clean-cache")
+    figures = compile_figures(compiled_port_project)
+    assert figures["compiled"] is True and figures["key"] == compile_figures(llama_verdict)["key"]
 
 
 def test_failed_compile_keeps_its_logs_and_names_the_folder(port_project):
@@ -71,8 +83,8 @@ def test_spec_timeout_applies_to_its_stage(port_project):
     assert "Timeout" in compile_stage["message"]
 
 
-def test_artifact_store_fixture_lists_entries(port_project):
-    port_project.run("-k", "compile")
+def test_artifact_store_fixture_lists_entries(compiled_port_project):
+    port_project = compiled_port_project
     port_project.pytester.makepyfile(
         test_store="""
         def test_entries(autoport_artifact_store):
@@ -85,9 +97,9 @@ def test_artifact_store_fixture_lists_entries(port_project):
     assert Path(port_project.root / "agent_artifacts" / "data" / "compiled_model").is_dir()
 
 
-def test_corrupt_artifact_met_during_a_run_is_rebuilt_and_reported(port_project):
-    port_project.run("-k", "compile")
-    entry = Path(compile_figures(port_project)["artifact"])
+def test_corrupt_artifact_met_during_a_run_is_rebuilt_and_reported(llama_verdict, compiled_port_project):
+    port_project = compiled_port_project
+    entry = copied_entry(port_project, llama_verdict)
     graph = next(entry.glob("token_generation_*.pt2"))
     graph.write_bytes(graph.read_bytes()[:-16])
     port_project.run("-k", "compile or generate")

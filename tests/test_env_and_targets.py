@@ -6,25 +6,26 @@ import subprocess
 import sys
 
 
-def test_header_and_env_stage(port_project):
-    result = port_project.run("-k", "env")
-    result.stdout.fnmatch_lines(["autoport: spec *llama.toml, target torch", "autoport: python *"])
-    figures = port_project.stage("env")["figures"]
+def test_header_and_env_stage(llama_verdict):
+    llama_verdict.result.stdout.fnmatch_lines(
+        ["autoport: spec *llama.toml, target torch", "autoport: python *"]
+    )
+    figures = llama_verdict.stage("env")["figures"]
     assert figures["target_available"] is True
     assert "golden" in figures["runnable_stages"]
     assert figures["packages"]["torch"].startswith("2.")
 
 
-def test_dry_run_runs_only_target_free_stages(port_project):
-    result = port_project.run("--autoport-dry-run")
-    statuses = port_project.statuses()
+def test_dry_run_runs_only_target_free_stages(llama_dry_run):
+    result = llama_dry_run.result
+    statuses = llama_dry_run.statuses()
     assert statuses["env"] == "passed" and statuses["weights"] == "passed"
     skipped = {sid for sid, status in statuses.items() if status == "skipped"}
     assert skipped == set(statuses) - {"env", "preflight", "hygiene", "weights"}
     assert {"component[embedding]", "model", "compile", "golden"} <= skipped
-    assert all(port_project.stage(sid)["message"] == "dry run" for sid in skipped)
+    assert all(llama_dry_run.stage(sid)["message"] == "dry run" for sid in skipped)
     assert result.ret == 0
-    assert port_project.results()["dry_run"] is True
+    assert llama_dry_run.results()["dry_run"] is True
 
 
 def test_nxdi_target_without_sdk_skips_with_the_import_error(port_project):

@@ -108,9 +108,8 @@ def test_degeneracy(tokens, expected):
     assert find_degeneracy(tokens, max_token_run=8, max_ngram_repeats=4) == expected
 
 
-def test_generate_stage_reports_metrics_and_buckets(port_project):
-    port_project.run("-k", "generate")
-    figures = port_project.stage("generate")["figures"]
+def test_generate_stage_reports_metrics_and_buckets(llama_verdict):
+    figures = llama_verdict.stage("generate")["figures"]
     assert figures["ttft_s"] > 0 and figures["decode_tokens_per_s"] > 0 and figures["e2e_s"] > 0
     # prompts of ~10 tokens + 24 new ones cross from the 32-slot to the 64-slot token-generation graph
     assert {"token_generation_32", "token_generation_64"} <= set(figures["buckets_used"].split(","))
@@ -149,11 +148,10 @@ def test_speed_gate_and_seeded_sampling_from_the_spec(port_project):
     assert first["figures"]["sampling"] == "T=0.9 top_k=20 top_p=0.95 seed=7"
 
 
-def test_junit_xml_carries_stage_figures(port_project):
-    port_project.run("-k", "generate", "--junitxml=report.xml")
-    testcase = ElementTree.parse(port_project.root / "report.xml").find(".//testcase[@name='generate']")
+def test_junit_xml_carries_stage_figures(llama_verdict):  # run with --junitxml=report.xml
+    testcase = ElementTree.parse(llama_verdict.root / "report.xml").find(".//testcase[@name='generate']")
     properties = {p.get("name"): p.get("value") for p in testcase.iter("property")}
-    figures = port_project.stage("generate")["figures"]
+    figures = llama_verdict.stage("generate")["figures"]
     assert {"autoport.ttft_s", "autoport.decode_tokens_per_s", "autoport.texts"} <= set(properties)
     # each figure travels with the value the results JSON holds
     assert {k: v for k, v in properties.items() if k.startswith("autoport.")} == {

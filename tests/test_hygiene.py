@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import bundled_specs
+
 REPO = Path(__file__).resolve().parents[1]
 
 BAD_PORT = """\
@@ -55,7 +57,7 @@ def test_each_rule_names_file_and_line(tmp_path):
     )
 
 
-@pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "port_specs").glob("*.toml")))
+@pytest.mark.parametrize("name", [p.stem for p in bundled_specs()])
 def test_every_bundled_port_is_clean(name):
     from pytest_autoport.hygiene import check_port, hf_class_names
     from pytest_autoport.spec import load_spec

@@ -83,9 +83,8 @@ def test_rmsnorm_precision_bug_fails_every_norm_component(port_project, bug):
         )
 
 
-def test_correct_norms_pass_the_probes_with_figures(port_project):
-    port_project.run("-k", "norm-layer0-bfloat16")
-    probes = port_project.stage("component[input_norm-layer0-bfloat16]")["figures"]["probes"]
+def test_correct_norms_pass_the_probes_with_figures(llama_verdict):
+    probes = llama_verdict.stage("component[input_norm-layer0-bfloat16]")["figures"]["probes"]
     assert set(probes) == set(PROBES)
     for figures in probes.values():
         assert 0.8 <= figures["r"] <= 1.2 and 0.8 <= figures["gain_r"] <= 1.2

@@ -8,6 +8,8 @@ from pathlib import Path
 import forked_pytest
 import pytest
 
+from tests.helpers import bundled_specs
+
 REPO = Path(__file__).resolve().parents[1]
 SMALL = {"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4}
 NOT_BUNDLED = {
@@ -25,7 +27,7 @@ def _bundled() -> dict[str, tuple[str, dict]]:
     from pytest_autoport.spec_checks import HARNESS_TINY_KEYS
 
     out = {}
-    for path in sorted((REPO / "port_specs").glob("*.toml")):
+    for path in bundled_specs():
         spec = load_spec(path, REPO, check_imports=False)
         if spec.port.target == "torch" and spec.model.name != "llama_int8":
             tiny = {k: v for k, v in spec.tiny.items() if k not in HARNESS_TINY_KEYS}

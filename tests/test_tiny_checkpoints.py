@@ -111,9 +111,8 @@ def test_continuation_batches_pair_a_passage_with_the_text_after_it():
         assert tokenizer.decode(source[:-1]) + continuation in text
 
 
-def test_trained_model_continues_corpus_text(port_project):
-    port_project.run("-k", "generate")
-    texts = port_project.stage("generate")["figures"]["texts"]
+def test_trained_model_continues_corpus_text(llama_verdict):
+    texts = llama_verdict.stage("generate")["figures"]["texts"]
     corpus = " ".join(CORPUS.read_text().split())
     for text in texts:
         assert text.strip() in corpus

@@ -12,6 +12,7 @@ import pytest
 from pytest_autoport.errors import SpecError
 from pytest_autoport.spec import Component, find_spec_file, load_spec
 from pytest_autoport.spec_checks import check_tiny_keys, spec_warnings
+from tests.helpers import bundled_specs
 
 REPO = Path(__file__).resolve().parents[2]
 LLAMA_SPEC = (REPO / "port_specs" / "llama.toml").read_text()
@@ -83,7 +84,7 @@ def test_folder_as_spec_is_a_usage_error(pytester):
 
 
 # -- [tiny] keys ----------------------------------------------------------------------------------------
-@pytest.mark.parametrize("spec_file", sorted(p.name for p in (REPO / "port_specs").glob("*.toml")))
+@pytest.mark.parametrize("spec_file", [p.name for p in bundled_specs()])
 def test_bundled_tiny_keys_are_accepted(spec_file):
     check_tiny_keys(load_spec(REPO / "port_specs" / spec_file, REPO, check_imports=False))
 

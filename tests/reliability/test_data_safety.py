@@ -332,9 +332,10 @@ def test_replaced_checkpoint_recompiles_and_golden_passes(port_project, tiny_wei
     assert port_project.statuses() == {"compile": "passed", "generate": "passed", "golden": "passed"}
 
 
-def test_rebuilds_and_leftovers_are_reported_on_the_terminal(port_project):
-    port_project.run("-k", "compile")
-    entry = Path(port_project.stage("compile")["figures"]["artifact"])
+def test_rebuilds_and_leftovers_are_reported_on_the_terminal(llama_verdict, compiled_port_project):
+    port_project = compiled_port_project
+    built = Path(llama_verdict.stage("compile")["figures"]["artifact"])
+    entry = port_project.root / "agent_artifacts" / "data" / "compiled_model" / built.name
     manifest = json.loads((entry / MANIFEST).read_text())
     manifest["build"]["graphs"] = {}
     (entry / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")

@@ -83,12 +83,12 @@ def test_selection_writes_a_partial_verdict_and_keeps_the_full_one(port_project)
     assert broken["passed"] is False and broken["partial"] is False and "llama.toml" in broken["error"]
 
 
-def test_dry_run_is_not_a_failure(port_project):
-    result = port_project.run("--autoport-dry-run")
+def test_dry_run_is_not_a_failure(llama_dry_run):
+    result = llama_dry_run.result
     assert result.ret == 0
-    data = json.loads((_results_dir(port_project) / "llama.partial.json").read_text())
+    data = json.loads((_results_dir(llama_dry_run) / "llama.partial.json").read_text())
     assert data["verdict"] == "dry-run" and data["passed"] is False and data["partial"] is True
-    assert not (_results_dir(port_project) / "llama.json").exists()
+    assert not (_results_dir(llama_dry_run) / "llama.json").exists()
     statuses = [s["status"] for s in data["stages"]]
     ran = [s["id"] for s in data["stages"] if s["status"] == "passed"]
     assert ran == ["env", "preflight", "hygiene", "weights"]  # the stages that need no target
