@@ -139,6 +139,23 @@ def _spec_for(name: str) -> tuple[str, str, str, list[str]]:
 _CACHE: dict[tuple, dict[str, PackageStatus]] = {}
 
 
+def _cache_key(names, python: str | None = None) -> tuple:
+    """What a check's result depends on: interpreter, packages, PATH, PYTHONPATH, working directory."""
+    return (
+        python or sys.executable,
+        tuple(_spec_for(n)[0] for n in names),
+        os.environ.get("PYTHONPATH", ""),
+        os.environ.get("PATH", ""),
+        os.getcwd(),
+    )
+
+
+def remember_packages(names, statuses: dict[str, PackageStatus]) -> None:
+    """Take a check this process's parent made, in the same environment, as this process's own (a test
+    harness forking many runs from one process checks once)."""
+    _CACHE[_cache_key(names)] = dict(statuses)
+
+
 def check_packages(
     names=ALL_PACKAGES, *, python: str | None = None, timeout: float | None = None, refresh: bool = False
 ) -> dict[str, PackageStatus]:
@@ -151,13 +168,7 @@ def check_packages(
     python = python or sys.executable
     if timeout is None:
         timeout = float(os.environ.get(TIMEOUT_ENV, "120"))
-    cache_key = (
-        python,
-        tuple(s[0] for s in specs),
-        os.environ.get("PYTHONPATH", ""),
-        os.environ.get("PATH", ""),
-        os.getcwd(),
-    )
+    cache_key = _cache_key(names, python)
     if not refresh and cache_key in _CACHE:
         return dict(_CACHE[cache_key])
     results: dict[str, PackageStatus] = {}

@@ -118,15 +118,12 @@ _package_checks: dict[tuple[str, str], list[dict]] = {}
 
 
 def _remember_packages(packages: list[dict]) -> None:
-    """Seed this run's package-check cache (keyed like ``check_packages`` keys it) with ``packages``."""
-    from pytest_autoport import envcheck
+    """Seed this run's package-check cache with the parent's ``packages`` (same environment)."""
+    from pytest_autoport.package_probe import ALL_PACKAGES, PackageStatus, remember_packages
 
-    names = tuple(envcheck._spec_for(name)[0] for name in envcheck.ALL_PACKAGES)
-    if names != tuple(package["name"] for package in packages):
-        return  # another list of packages: the run checks them itself
-    env = os.environ
-    key = (sys.executable, names, env.get("PYTHONPATH", ""), env.get("PATH", ""), os.getcwd())
-    envcheck._CACHE[key] = {package["name"]: envcheck.PackageStatus(**package) for package in packages}
+    statuses = {package["name"]: PackageStatus(**package) for package in packages}
+    if tuple(statuses) == ALL_PACKAGES:  # another list of packages: the run checks them itself
+        remember_packages(ALL_PACKAGES, statuses)
 
 
 def _run_pytest(
