@@ -257,6 +257,8 @@ def write_atomic(path: Path, text: str) -> None:
     the previous complete file or the new one. A killed writer's temporary file is removed by the
     next write. An OSError names ``path`` (or the folder that could not be made), never the
     temporary file."""
+    from .artifacts.files import fsync_folder
+
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -269,7 +271,7 @@ def write_atomic(path: Path, text: str) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-        _fsync_folder(path.parent)
+        fsync_folder(path.parent)
     except OSError as exc:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
@@ -291,19 +293,6 @@ def _remove_dead_writers_files(path: Path) -> None:
         pid = leftover.name[len(f".{path.name}.{host}.") :].split(".", 1)[0]
         if pid.isdigit() and _pid_alive(int(pid)) is False:
             leftover.unlink(missing_ok=True)
-
-
-def _fsync_folder(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _umask() -> int:

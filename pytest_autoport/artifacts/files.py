@@ -34,7 +34,7 @@ def _hash_tree(folder: Path) -> dict[str, dict]:
     return files
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_folder(folder: Path) -> None:
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:

@@ -34,9 +34,9 @@ from .common import (
     Entry,
 )
 from .files import (
-    _fsync_dir,
     _hash_tree,
     _write_file_synced,
+    fsync_folder,
     mark_owned,
     ownership,
     remove_owned,
@@ -130,7 +130,7 @@ class ArtifactStore(StoreInventory):
                 manifest["rebuilt_after"] = recovered_from
             _write_file_synced(tmp / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
             seal(tmp)  # written last: READY means complete
-            _fsync_dir(tmp)
+            fsync_folder(tmp)
         except Exception as exc:
             failure_dir, move_problem = self._keep_failure(tmp, name, key, key_inputs, exc)
             where = (
@@ -156,7 +156,7 @@ class ArtifactStore(StoreInventory):
                 if problem is None and existing is not None:
                     return Entry(name, key, final, existing, built=False)
             raise
-        _fsync_dir(self.root)
+        fsync_folder(self.root)
         return Entry(name, key, final, manifest, built=True, recovered_from=recovered_from)
 
     def _keep_failure(
