@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from .numerics import _f64, _json_float
+from .numerics import _json_float, to_float64
 
 __all__ = [
     "DECODE_FP32_REL_TOL",
@@ -38,7 +38,7 @@ DECODE_FP32_REL_TOL = 1e-4
 
 
 def _rows(name: str, logits: Any) -> torch.Tensor:
-    t = _f64(logits)
+    t = to_float64(logits)
     if t.dim() != 2:
         raise ValueError(f"{name} must have shape [steps, vocab], got {tuple(t.shape)}")
     return t
@@ -199,7 +199,7 @@ def calibrated_logit_check(
     that position (two logits, each moved by at most the calibrated noise, can swap by twice that).
     Returns ``{"passed", "failures", "ratio_per_topk", "max_error_per_topk"}``.
     """
-    e, a, r = _f64(expected_fp32), _f64(actual_lp), _f64(reference_lp)
+    e, a, r = to_float64(expected_fp32), to_float64(actual_lp), to_float64(reference_lp)
     if not (e.shape == a.shape == r.shape) or e.dim() == 0:
         raise ValueError(
             f"shape mismatch: expected {tuple(e.shape)}, actual {tuple(a.shape)}, reference_lp {tuple(r.shape)}"

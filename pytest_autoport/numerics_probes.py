@@ -19,7 +19,7 @@ import math
 
 import torch
 
-from .numerics import _f64
+from .numerics import to_float64
 
 __all__ = ["PROBES", "gain_ratio", "probe_input"]
 
@@ -54,7 +54,7 @@ def _row_gain(actual: torch.Tensor, expected: torch.Tensor) -> torch.Tensor:
 def gain_ratio(port_lp, ref_lp, ref_fp32) -> float:
     """``||gain(port_lp)|| / ||gain(ref_lp)||`` with each row's gain error measured against ``ref_fp32``
     (1.0 when both are zero, inf when only the reference's is; nan on NaN/Inf)."""
-    p, r, f = _f64(port_lp), _f64(ref_lp), _f64(ref_fp32)
+    p, r, f = to_float64(port_lp), to_float64(ref_lp), to_float64(ref_fp32)
     if not (p.shape == r.shape == f.shape) or p.dim() == 0:
         raise ValueError(
             f"shape mismatch: port_lp {tuple(p.shape)}, ref_lp {tuple(r.shape)}, ref_fp32 {tuple(f.shape)}"

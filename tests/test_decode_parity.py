@@ -8,12 +8,12 @@ import torch
 
 from pytest_autoport.decode_forcing import decode_teacher_forced
 from pytest_autoport.errors import StageFailure
-from pytest_autoport.numerics import logit_check
 from pytest_autoport.numerics_logits import (
     calibrated_logit_check,
     judge_decode_steps_fp32,
     judge_decode_steps_ratio,
 )
+from pytest_autoport.numerics_tokens import logit_check
 from tests.helpers import fake_static_graphs
 
 VOCAB = 7

@@ -117,7 +117,7 @@ def test_flip_at_a_clear_margin_fails_naming_token_and_margin(project):
 def _golden_case(gap):
     """Two prompts of 4 golden tokens; prompt 0's port output takes token 1 instead of token 0 at
     position 1, ``gap`` below it in the golden, and free-runs elsewhere from there."""
-    from pytest_autoport.numerics import teacher_forced_match, token_match
+    from pytest_autoport.numerics_tokens import teacher_forced_match, token_match
 
     golden = [[0, 0, 0, 0], [2, 2, 2, 2]]
     ported = [[0, 1, 3, 3], [2, 2, 2, 2]]

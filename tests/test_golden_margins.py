@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from pytest_autoport.numerics import teacher_forced_match
+from pytest_autoport.numerics_tokens import teacher_forced_match
 from pytest_autoport.stages.golden import _divergences, _free_running_divergences
 
 SESSION = SimpleNamespace(tokenizer=SimpleNamespace(decode=lambda ids: f"<{ids[0]}>"))

@@ -10,16 +10,18 @@ import torch
 import torch.nn.functional as F
 
 from pytest_autoport.numerics import (
-    DEFAULT_LOGIT_TOL_MAP,
     Comparison,
-    TokenMatch,
     Verdict,
     compare,
     judge_ratio,
     judge_strict,
+    three_tensor_ratio,
+)
+from pytest_autoport.numerics_tokens import (
+    DEFAULT_LOGIT_TOL_MAP,
+    TokenMatch,
     logit_check,
     teacher_forced_match,
-    three_tensor_ratio,
     token_match,
 )
 

@@ -16,7 +16,7 @@ import torch
 
 from ..discrete import margin_aware_token_match
 from ..errors import StageFailure
-from ..numerics import teacher_forced_match, token_match
+from ..numerics_tokens import teacher_forced_match, token_match
 from .golden_decode import decode_parity, logit_figures
 from .golden_reference import reference_figures, reference_note, streamed_windows, streaming
 

@@ -16,13 +16,13 @@ from dataclasses import dataclass
 import torch
 
 from ..checks import DEFAULT_BAND
-from ..numerics import logit_check
 from ..numerics_logits import (
     DECODE_FP32_REL_TOL,
     calibrated_logit_check,
     judge_decode_steps_fp32,
     judge_decode_steps_ratio,
 )
+from ..numerics_tokens import logit_check
 from .golden_reference import streamed_windows, streaming
 
 
