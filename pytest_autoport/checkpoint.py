@@ -278,16 +278,20 @@ def close_inputs_with_eos(tokenizer) -> None:
     )
 
 
+def safetensors_files(folder: Path) -> list[str]:
+    """The checkpoint's safetensors file names: its index's shards, else every ``*.safetensors``."""
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        return sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    return sorted(p.name for p in folder.glob("*.safetensors"))
+
+
 def load_state_dict(weights_dir: Path) -> dict:
     """Every tensor of an HF safetensors checkpoint (sharded or not), by its HF key."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    index = weights_dir / "model.safetensors.index.json"
-    if index.is_file():
-        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-    else:
-        files = sorted(p.name for p in weights_dir.glob("*.safetensors"))
+    files = safetensors_files(weights_dir)
     if not files:
         raise AutoportError(f"{weights_dir}: no *.safetensors files (only safetensors checkpoints are read)")
     state_dict = {}

@@ -15,7 +15,6 @@ tests check that MXFP4 so dequantised equals transformers' own dequantising load
 
 from __future__ import annotations
 
-import json
 import re
 from contextlib import contextmanager
 from pathlib import Path
@@ -173,11 +172,9 @@ def _checkpoint_keys(folder: Path) -> list[tuple[str, Path]]:
     """(key, file) of every tensor of the (possibly sharded) checkpoint, from the headers alone."""
     from safetensors import SafetensorError, safe_open
 
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-    else:
-        files = sorted(p.name for p in folder.glob("*.safetensors"))
+    from .checkpoint import safetensors_files
+
+    files = safetensors_files(folder)
     if not files:
         raise AutoportError(f"{folder}: no *.safetensors files (the streaming reference reads safetensors)")
     keys = []
