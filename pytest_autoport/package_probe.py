@@ -1,13 +1,17 @@
-"""Which packages import here, each checked in a child interpreter, never in the caller: an import
-that dies of a GLIBC mismatch, a driver error or a segfault is then reported as "broken" instead of
-taking the test session down with it. All packages are checked in one child (a new one only after a
-crash or a timeout), so the whole check costs about one ``import torch, transformers``.
+"""Which packages import here. A package this process has imported already is reported as it is; one
+that no folder on the path holds is missing; every other one is imported in a child interpreter, never
+in the caller: an import that dies of a GLIBC mismatch, a driver error or a segfault is then reported as
+"broken" instead of taking the test session down with it. All of those are checked in one child (a new
+one only after a crash or a timeout). Inside a verdict, where torch and transformers are imported
+already and the Neuron packages are absent, the check starts no child at all.
 
 Imports only the standard library (the setup script runs it before anything is installed).
 """
 
 from __future__ import annotations
 
+import importlib.machinery
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -172,7 +176,12 @@ def check_packages(
     if not refresh and cache_key in _CACHE:
         return dict(_CACHE[cache_key])
     results: dict[str, PackageStatus] = {}
-    pending = specs
+    if python == sys.executable:
+        for spec in specs:
+            raw = _already_imported(spec) or _absent(spec)
+            if raw is not None:
+                results[spec[0]] = _classify(spec, raw)
+    pending = [s for s in specs if s[0] not in results]
     while pending:
         raw, current, failure = _run_child(python, pending, timeout)
         for spec in pending:
@@ -190,6 +199,57 @@ def check_packages(
     ordered = {s[0]: results[s[0]] for s in specs}
     _CACHE[cache_key] = ordered
     return dict(ordered)
+
+
+def _child_path() -> list[str]:
+    """Where a new interpreter (``-c``) would look for a top-level module: the working directory, its
+    PYTHONPATH as set now, and this interpreter's own path."""
+    extra = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return [os.getcwd(), *extra, *sys.path]
+
+
+def _raw_result(key: str, dist: str, outcome: str, **found) -> dict:
+    """A result in the child's form, for a package judged without a child."""
+    try:
+        found_dists = importlib.metadata.Distribution.discover(name=dist, path=_child_path())
+        dist_version = next(iter(found_dists)).version
+    except Exception:
+        dist_version = None
+    raw = {"key": key, "outcome": outcome, "version": None, "location": None, "error": None}
+    return {**raw, "dist_version": dist_version, "missing_name": None, **found}
+
+
+def _already_imported(spec) -> dict | None:
+    """A package this interpreter imported already (probes included) imports here: no child needed."""
+    key, module, dist, probes = spec
+    mod = sys.modules.get(module)
+    if mod is None or any(probe not in sys.modules for probe in probes):
+        return None
+    raw = _raw_result(key, dist, "ok")
+    version = raw["dist_version"] or getattr(mod, "__version__", None)
+    if isinstance(version, (tuple, list)):
+        version = ".".join(map(str, version))
+    path = list(getattr(mod, "__path__", []) or [])
+    file = getattr(mod, "__file__", None)
+    location = str(path[0]) if path else (os.path.dirname(file) if file else None)
+    return {**raw, "version": None if version is None else str(version), "location": location}
+
+
+def _absent(spec) -> dict | None:
+    """A top-level module that no folder a new interpreter would search holds (nor a finder of this
+    one knows) cannot import: no child needed."""
+    key, module, dist, _ = spec
+    if "." in module:
+        return None
+    try:
+        found = importlib.machinery.PathFinder.find_spec(module, _child_path())
+    except (ImportError, ValueError):
+        return None
+    if found is not None or importlib.util.find_spec(module) is not None:
+        return None
+    return _raw_result(
+        key, dist, "not_found", error=f"ModuleNotFoundError: No module named '{module}'", missing_name=module
+    )
 
 
 def _run_child(python, specs, timeout) -> tuple[dict[str, dict], str | None, str]:

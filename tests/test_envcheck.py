@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_autoport import cli, envcheck, neuron_devices
+from pytest_autoport import cli, envcheck, neuron_devices, package_probe
 from pytest_autoport.envcheck import NO_CORES_REASON, STAGES, EnvReport, PackageStatus, target_stages
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -357,3 +357,25 @@ def test_autoport_env_json(monkeypatch, capsys):
     assert "nxdi:" in out and "NeuronCores:" in out
     if data["packages"]["neuronx_distributed_inference"]["status"] != "ok":
         assert rc == 1 and NXDI_REASON_PREFIX in out
+
+
+def test_a_verdict_process_checks_its_packages_without_a_child(fake_site, monkeypatch):
+    """Inside a verdict torch and transformers are imported already and an absent package is on no
+    path: the check reports both from this process and starts no interpreter (seconds saved)."""
+    import torch
+    import transformers
+
+    def no_child(*args):
+        raise AssertionError("a child interpreter was started")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(package_probe, "_run_child", no_child)
+        names = ["torch", "transformers", "absentmod_xyz", "emptydist"]
+        result = envcheck.check_packages(names, refresh=True)
+    assert (result["torch"].status, result["torch"].version) == ("ok", torch.__version__)
+    assert result["transformers"].status == "ok"
+    assert result["transformers"].location == os.path.dirname(transformers.__file__)
+    assert result["absentmod_xyz"].status == "missing"
+    assert result["emptydist"].status == "missing" and "provides no module" in result["emptydist"].error
+    # a module on the path that is not imported yet still goes to a child
+    assert envcheck.check_packages(["okmod"], refresh=True)["okmod"].version == "1.2.3"

@@ -17,7 +17,8 @@ from ..kv_cache import kv_cache_buffers, reset_kv_cache, written_buffers
 from ..progress import progress
 from ..spec import PortSpec, import_port_class
 from .base import CompiledModel, CompileResult, GenerationResult
-from .shared_weights import bind_weights, load_weights, save_weights, shared_tensors, strip_program
+from .graph_loading import load_exported
+from .shared_weights import load_weights, save_weights, shared_tensors, strip_program
 
 # the on-disk layout of a compiled artifact; part of its key, so entries of another layout are rebuilt
 # (2: graphs saved without weights, one weights.safetensors shared by all of them)
@@ -243,18 +244,6 @@ def new_cache(result: CompileResult) -> dict[str, torch.Tensor]:
         name: torch.zeros(meta["shape"], dtype=getattr(torch, meta["dtype"]))
         for name, meta in result.details["kv_cache"].items()
     }
-
-
-def load_exported(
-    out_dir: Path, result: CompileResult, weights: dict[str, torch.Tensor], cache: dict[str, torch.Tensor]
-) -> dict[str, torch.nn.Module]:
-    """Every exported graph, all bound to ``weights`` (one memory-mapped copy) and to ``cache``."""
-    shared = {**weights, **cache}
-    modules = {}
-    for name, file in result.graphs.items():
-        modules[name] = torch.export.load(out_dir / file).module()
-        bind_weights(modules[name], shared, str(out_dir / file))
-    return modules
 
 
 def graph_shapes(spec: PortSpec) -> list[tuple[str, int, int]]:

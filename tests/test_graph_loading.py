@@ -1,0 +1,70 @@
+"""Compiled graphs are read when first run, and the exported-program reader's type-hint table gives
+the same graphs as torch's own reader."""
+
+from __future__ import annotations
+
+import typing
+
+import torch
+
+from pytest_autoport.targets import graph_loading
+from pytest_autoport.targets.base import CompileResult
+
+
+class TwoLayer(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Linear(4, 8)
+        self.b = torch.nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.b(torch.nn.functional.silu(self.a(x)))
+
+
+def exported(tmp_path, names) -> CompileResult:
+    torch.manual_seed(0)
+    module = TwoLayer()
+    program = torch.export.export(module, (torch.randn(2, 4),))
+    for name in names:
+        torch.export.save(program, tmp_path / f"{name}.pt2")
+    return CompileResult(graphs={name: f"{name}.pt2" for name in names})
+
+
+def test_graphs_are_loaded_on_first_use_only(tmp_path, monkeypatch):
+    result = exported(tmp_path, ["context_encoding_16", "context_encoding_32", "token_generation_32"])
+    read = []
+    real_load = torch.export.load
+    monkeypatch.setattr(torch.export, "load", lambda path: read.append(path.name) or real_load(path))
+
+    graphs = graph_loading.load_exported(tmp_path, result, {}, {})
+    assert sorted(graphs) == sorted(result.graphs) and len(graphs) == 3
+    assert read == []  # listing the buckets reads nothing
+
+    x = torch.randn(2, 4)
+    first = graphs["context_encoding_32"](x)
+    again = graphs["context_encoding_32"](x)
+    assert read == ["context_encoding_32.pt2"] and graphs.loaded == ["context_encoding_32"]
+    assert torch.equal(first, again)
+    try:
+        graphs["context_encoding_64"]
+    except KeyError:
+        pass
+    else:
+        raise AssertionError("an unknown graph name must raise KeyError")
+
+
+def test_memoised_reader_gives_the_same_graph_and_restores_typing(tmp_path):
+    exported(tmp_path, ["g"])
+    plain = torch.export.load(tmp_path / "g.pt2")
+    real = typing.get_type_hints
+    with graph_loading._schema_type_hints_memoised():
+        assert typing.get_type_hints is not real
+        memoised = torch.export.load(tmp_path / "g.pt2")
+        # a call outside the schema namespace still goes to typing itself
+        assert typing.get_type_hints(CompileResult) == real(CompileResult)
+    assert typing.get_type_hints is real
+    assert str(memoised.graph) == str(plain.graph)
+    assert memoised.graph_signature == plain.graph_signature
+    x = torch.randn(2, 4)
+    assert torch.equal(memoised.module()(x), plain.module()(x))
+    assert graph_loading._SCHEMA_HINTS  # the table was used
