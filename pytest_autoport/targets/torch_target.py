@@ -17,7 +17,7 @@ from ..kv_cache import kv_cache_buffers, reset_kv_cache, written_buffers
 from ..progress import progress
 from ..spec import PortSpec, import_port_class
 from .base import CompiledModel, CompileResult, GenerationResult
-from .graph_loading import load_exported
+from .graph_loading import GraphsOnDemand, load_exported
 from .shared_weights import load_weights, save_weights, shared_tensors, strip_program
 
 # the on-disk layout of a compiled artifact; part of its key, so entries of another layout are rebuilt
@@ -302,8 +302,10 @@ class TorchCompiledModel:
         for buf in self.cache.values():
             buf.zero_()
 
-    def _by_bucket(self, prefix: str) -> dict[int, object]:
-        return {int(n.rsplit("_", 1)[1]): g for n, g in self.graphs.items() if n.startswith(prefix)}
+    def _by_bucket(self, prefix: str) -> GraphsOnDemand:
+        """Bucket size -> graph for the graphs named ``prefix<size>`` (each loaded when first run)."""
+        names = {int(n.rsplit("_", 1)[1]): n for n in self.graphs if n.startswith(prefix)}
+        return GraphsOnDemand(names, lambda bucket: self.graphs[names[bucket]])
 
     def _graphs(self) -> StaticGraphs:
         return StaticGraphs(
