@@ -7,6 +7,7 @@ real checkpoint. Nothing here touches a hub.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -47,8 +48,9 @@ class Weights:
         return out
 
 
-def resolve_weights(spec: PortSpec) -> Weights:
-    """The spec's weights folder, materialising a tiny checkpoint there if the spec allows it.
+def resolve_weights(spec: PortSpec, spend=None) -> Weights:
+    """The spec's weights folder, materialising a tiny checkpoint there if the spec allows it
+    (inside ``spend(what, note)``, a context manager that times and announces it, when given).
 
     A tiny checkpoint is cached: rebuilt only when its recipe (architecture, tiny config, corpus,
     seed, torch and transformers versions) changes or its files fail their checksums.
@@ -74,12 +76,26 @@ def resolve_weights(spec: PortSpec) -> Weights:
         if problem == "recipe changed":
             _refuse_other_specs_checkpoint(spec, path)
         if problem is not None:
-            _materialise_tiny(spec, recipe, path)
+            with (spend or _no_timing)(*_build_description(spec)):
+                _materialise_tiny(spec, recipe, path)
         record = json.loads(marker.read_text())
     rebuilt = problem if problem not in (None, "absent", "recipe changed") else None
     if rebuilt:
         warnings.warn(RebuildWarning(f"tiny checkpoint {path} was rebuilt: {rebuilt}"), stacklevel=2)
     return Weights(path, f"tiny-{record['weights']}", rebuilt_after=rebuilt, training=record.get("training"))
+
+
+def _build_description(spec: PortSpec) -> tuple[str, str]:
+    tiny = spec.tiny or {}
+    what = f"building the tiny {tiny.get('model_type', spec.name)} checkpoint"
+    if tiny.get("weights", "trained") != "trained":
+        return what, "random weights, cached for later runs"
+    return what, f"training {tiny.get('train_steps', 300)} steps on one thread, cached for later runs"
+
+
+@contextlib.contextmanager
+def _no_timing(*_):
+    yield
 
 
 def _refuse_foreign_folder(spec: PortSpec, path: Path) -> None:

@@ -17,6 +17,7 @@ from .results import FIGURE_PREFIX, NOT_RUN_HERE, SUPERSEDED
 from .session import AutoportSession, Options
 from .shared_steps import SharedStepFailed, running
 from .spec import PortSpec, find_spec_file, load_spec
+from .time_spent import terminal_line
 from .verdict_reporter import STAGE_KEY, VerdictReporter, stage_of
 
 STATE = pytest.StashKey["AutoportState"]()
@@ -240,6 +241,7 @@ class SpecFile(pytest.File):
                 layers=state.option("autoport_layers"),
             )
             session = AutoportSession(spec, options)
+            session.time_spent.announce = functools.partial(terminal_line, self.config)
             session.check_inputs()
             session.apply_threads()
             num_layers = session.hf_config.num_hidden_layers
@@ -309,6 +311,7 @@ class StageItem(pytest.Item):
             if failed:
                 pytest.skip(f"prerequisite stage {failed[0]} did not pass ({self.state.outcomes[failed[0]]})")
         running(session, self.planned.id)
+        session.time_spent.item_running = True
         try:
             figures = stage.run(session, **self.planned.params)
         except StageFailure as exc:
@@ -324,7 +327,17 @@ class StageItem(pytest.Item):
             raise
         finally:
             running(session, None)
+            session.time_spent.item_running = False
+            self._add_figures(session.time_spent.take(self._credits_collection()))
         self._add_figures(figures or {})
+
+    def _credits_collection(self) -> bool:
+        """Whether this item is credited with what collection spent (see ``time_spent``)."""
+        if self.planned.stage.name == "weights":
+            return True
+        return not any(
+            getattr(i, "planned", None) and i.planned.stage.name == "weights" for i in self.session.items
+        )
 
     def _with_moe_hint(self, failure: StageFailure) -> StageFailure:
         """A failing MoE block (its own check, or the model's first divergent module) whose router and

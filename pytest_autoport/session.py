@@ -14,7 +14,9 @@ from pathlib import Path
 from .errors import AutoportError, StageFailure
 from .shared_steps import shared_step
 from .spec import PortSpec
+from .time_spent import TimeSpent
 
+ANNOUNCED_LOAD_BYTES = 256 * 2**20  # a smaller FP32 reference loads in a blink: not announced
 DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 
 
@@ -38,6 +40,7 @@ class AutoportSession:
         self.spec = spec.with_overrides(dtype=options.dtype, compiler=options.compiler)
         self.options = options
         self.target_name = options.target or spec.port.target
+        self.time_spent = TimeSpent()
 
     def check_inputs(self) -> None:
         """Spec input that only the model can judge, checked at collection: ``[tiny]`` keys (before a
@@ -93,7 +96,7 @@ class AutoportSession:
     def weights(self):
         from .checkpoint import resolve_weights
 
-        return resolve_weights(self.spec)
+        return resolve_weights(self.spec, self.time_spent.step)
 
     @cached_property
     def full_hf_config(self):
@@ -142,7 +145,13 @@ class AutoportSession:
 
         self.reference_memory = check_reference_fits(self.weights.path, self.later_layer_keys)
         config = self.hf_config if self.options.layers is not None else None
-        return load_hf_model(self.spec.model.hf_model_class, self.weights.path, self.spec.path, config=config)
+        size = self.reference_memory["weights_bytes"]
+        with self.time_spent.step(
+            "loading the FP32 HF reference", f"{size / 1e9:.1f} GB", announce=size >= ANNOUNCED_LOAD_BYTES
+        ):
+            return load_hf_model(
+                self.spec.model.hf_model_class, self.weights.path, self.spec.path, config=config
+            )
 
     def later_layer_keys(self, keys: list[str]) -> list[str]:
         """The checkpoint keys --autoport-layers leaves out (none for the full model)."""

@@ -97,7 +97,7 @@ class VerdictReporter:
                 id=stage_id,
                 nodeid=report.nodeid,
                 status=status,
-                duration_s=round(report.duration, 3),
+                duration_s=round(report.duration + figures.get("spent_before_s", 0.0), 3),
                 figures=figures,
                 message=_message(report),
                 traceback=_traceback(report),
