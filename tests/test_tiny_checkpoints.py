@@ -18,7 +18,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def llama_spec(folder: Path, **tiny):
-    spec = load_spec(REPO / "port_specs" / "llama.toml", REPO, check_imports=False)
+    return bundled_spec("llama", folder, **tiny)
+
+
+def bundled_spec(name: str, folder: Path, **tiny):
+    """Bundled spec ``name`` with its tiny checkpoint in ``folder`` and ``tiny`` overriding its recipe."""
+    spec = load_spec(REPO / "port_specs" / f"{name}.toml", REPO, check_imports=False)
     spec = dataclasses.replace(spec, model=dataclasses.replace(spec.model, weights_path=str(folder)))
     return dataclasses.replace(spec, tiny={**spec.tiny, **tiny})
 
@@ -82,11 +87,16 @@ def test_bad_training_parameters_name_the_field(tmp_path, field, value):
     assert not (tmp_path / "w").exists()
 
 
-def test_encoder_decoder_tokenizer_closes_inputs_with_eos(tiny_weights):
+def test_encoder_decoder_tokenizer_closes_inputs_with_eos(tmp_path):
+    """The tokenizer saved beside a tiny checkpoint (whatever its weights: untrained ones here, as the
+    tokenizer is made before any training)."""
     from transformers import AutoTokenizer
 
-    t5 = AutoTokenizer.from_pretrained(tiny_weights("t5"))
-    llama = AutoTokenizer.from_pretrained(tiny_weights("llama"))
+    def saved_tokenizer(name: str):
+        spec = bundled_spec(name, tmp_path / name, weights="random")
+        return AutoTokenizer.from_pretrained(resolve_weights(spec).path)
+
+    t5, llama = saved_tokenizer("t5"), saved_tokenizer("llama")
     assert t5("The days of the week")["input_ids"][-1] == t5.eos_token_id
     assert llama("The days of the week")["input_ids"][-1] != llama.eos_token_id
 

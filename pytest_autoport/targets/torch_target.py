@@ -17,6 +17,7 @@ from ..kv_cache import kv_cache_buffers, reset_kv_cache, written_buffers
 from ..progress import progress
 from ..spec import PortSpec, import_port_class
 from .base import CompiledModel, CompileResult, GenerationResult
+from .export_load import load_program
 from .shared_weights import bind_weights, load_weights, save_weights, shared_tensors, strip_program
 
 # the on-disk layout of a compiled artifact; part of its key, so entries of another layout are rebuilt
@@ -252,7 +253,7 @@ def load_exported(
     shared = {**weights, **cache}
     modules = {}
     for name, file in result.graphs.items():
-        modules[name] = torch.export.load(out_dir / file).module()
+        modules[name] = load_program(out_dir / file).module()
         bind_weights(modules[name], shared, str(out_dir / file))
     return modules
 
