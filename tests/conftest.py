@@ -235,9 +235,12 @@ class SharedVerdict:
     assert_passes_every_stage = PortProject.assert_passes_every_stage
 
 
-def shared_verdict(tmp_path_factory, what: str, name: str, weights: Path, *args: str) -> SharedVerdict:
-    """The verdict ``pytest --autoport-model=<name> *args`` of the unmodified port, run by the first
-    test process of this test run that asks for ``what`` and read by the others (xdist workers too)."""
+def shared_verdict(
+    tmp_path_factory, what: str, name: str, weights: Path, *args: str, spec_edits: tuple = ()
+) -> SharedVerdict:
+    """The verdict ``pytest --autoport-model=<name> *args`` of the unmodified port (its spec with each
+    ``(old, new)`` of ``spec_edits`` replaced), run by the first test process of this test run that
+    asks for ``what`` and read by the others (xdist workers too)."""
     run_id = os.environ.get("PYTEST_XDIST_TESTRUNUID")
     base = tmp_path_factory.getbasetemp()
     folder = (base.parent / f"autoport-shared-{run_id}" if run_id else base / "autoport-shared") / what
@@ -248,7 +251,10 @@ def shared_verdict(tmp_path_factory, what: str, name: str, weights: Path, *args:
             if folder.exists():  # a run that broke off
                 shutil.rmtree(folder)
             folder.mkdir()
-            _write_project(folder, name, weights)
+            spec = _write_project(folder, name, weights)
+            for old, new in spec_edits:
+                assert old in spec.read_text(), f"{what}: {old!r} is no longer in the {name} spec"
+                spec.write_text(spec.read_text().replace(old, new, 1))
             with pytest.MonkeyPatch.context() as env:  # the installed blocks, whichever test asked first
                 env.delenv("AUTOPORT_BLOCKS_PATH", raising=False)
                 args = (f"--autoport-model={name}", "-p", "no:cacheprovider", *args)
@@ -266,6 +272,22 @@ def llama_verdict(tmp_path_factory, tiny_weights) -> SharedVerdict:
     weights = tiny_weights("llama")
     args = ("--autoport-golden-mode=all", "--junitxml=report.xml")
     return shared_verdict(tmp_path_factory, "llama-verdict", "llama", weights, *args)
+
+
+ONE_BUCKET_EACH = (
+    ("context_buckets = [16, 32, 64]", "context_buckets = [64]"),
+    ("token_generation_buckets = [32, 64]", "token_generation_buckets = [64]"),
+)
+
+
+@pytest.fixture(scope="session")
+def llama_aoti_verdict(tmp_path_factory, tiny_weights) -> SharedVerdict:
+    """compile, generate and golden of the unmodified bundled Llama port compiled by AOTInductor, one
+    bucket of each kind (``ONE_BUCKET_EACH``): one native build, read by the tests of the run and of
+    its graphs."""
+    weights = tiny_weights("llama")
+    args = ("-k", "compile or generate or golden", "--autoport-compiler=aoti", "--autoport-dtype=float32")
+    return shared_verdict(tmp_path_factory, "llama-aoti", "llama", weights, *args, spec_edits=ONE_BUCKET_EACH)
 
 
 @pytest.fixture(scope="session")

@@ -1,9 +1,6 @@
-"""Compiled graphs are read when first run, and the exported-program reader's type-hint table gives
-the same graphs as torch's own reader."""
+"""Compiled graphs are read when first run."""
 
 from __future__ import annotations
-
-import typing
 
 import torch
 
@@ -51,20 +48,3 @@ def test_graphs_are_loaded_on_first_use_only(tmp_path, monkeypatch):
         pass
     else:
         raise AssertionError("an unknown graph name must raise KeyError")
-
-
-def test_memoised_reader_gives_the_same_graph_and_restores_typing(tmp_path):
-    exported(tmp_path, ["g"])
-    plain = torch.export.load(tmp_path / "g.pt2")
-    real = typing.get_type_hints
-    with graph_loading._schema_type_hints_memoised():
-        assert typing.get_type_hints is not real
-        memoised = torch.export.load(tmp_path / "g.pt2")
-        # a call outside the schema namespace still goes to typing itself
-        assert typing.get_type_hints(CompileResult) == real(CompileResult)
-    assert typing.get_type_hints is real
-    assert str(memoised.graph) == str(plain.graph)
-    assert memoised.graph_signature == plain.graph_signature
-    x = torch.randn(2, 4)
-    assert torch.equal(memoised.module()(x), plain.module()(x))
-    assert graph_loading._SCHEMA_HINTS  # the table was used

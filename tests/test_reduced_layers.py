@@ -24,14 +24,15 @@ LAYER3_BUG = (
 )
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def four_layer_weights(tmp_path_factory):
-    """The bundled Llama spec's tiny checkpoint with 4 decoder layers instead of 2."""
+    """The bundled Llama spec's tiny checkpoint with 4 decoder layers instead of 2, kept beside the
+    bundled specs' tiny checkpoints (see ``tiny_weights``): trained once, by one xdist worker."""
     from pytest_autoport.checkpoint import resolve_weights
     from pytest_autoport.spec import load_spec
 
     spec = load_spec(REPO / "port_specs" / "llama.toml", REPO, check_imports=False)
-    folder = tmp_path_factory.mktemp("llama4") / "weights"
+    folder = tmp_path_factory.getbasetemp().parent / "autoport-weights" / "llama-4-layers"
     spec = dataclasses.replace(
         spec,
         model=dataclasses.replace(spec.model, weights_path=str(folder)),

@@ -5,6 +5,7 @@ every graph), for both compilers."""
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from pytest_autoport.stages import compile as compile_stage
 from pytest_autoport.targets.shared_weights import WEIGHTS_FILE
 
 REPO = Path(__file__).resolve().parents[1]
+COMPILED = Path("agent_artifacts", "data", "compiled_model")
 
 
 def _session(tiny_weights, tmp_path, compiler, context_buckets, token_buckets):
@@ -101,9 +103,21 @@ def test_export_graphs_share_one_weight_store(tiny_weights, tmp_path):
     torch.testing.assert_close(compiled, eager)
 
 
-def test_aoti_graphs_share_one_weight_store(tiny_weights, tmp_path):
-    session = _session(tiny_weights, tmp_path, "aoti", [64], [64])
-    _check_one_copy(session, 2)
+def _session_on_verdict(run, tmp_path, compiler):
+    """A session over the project of the shared verdict ``run`` and a copy of its compiled artifacts:
+    it loads the graphs the verdict built rather than compiling them again."""
+    shutil.copytree(
+        run.root / COMPILED, tmp_path / COMPILED, ignore=shutil.ignore_patterns(".locks", ".tmp-*")
+    )
+    spec = load_spec(run.root / "port_specs" / f"{run.name}.toml", run.root)
+    options = Options(artifacts_dir=tmp_path / "agent_artifacts", compiler=compiler, dtype="float32")
+    return AutoportSession(spec, options)
+
+
+def test_aoti_graphs_share_one_weight_store(llama_aoti_verdict, tmp_path):
+    session = _session_on_verdict(llama_aoti_verdict, tmp_path, "aoti")  # buckets [64] and [64]
+    entry, _ = _check_one_copy(session, 2)
+    assert entry.path.name == Path(llama_aoti_verdict.stage("compile")["figures"]["artifact"]).name
     model = session.compiled_model
     assert all(
         set(g.get_constant_fqns()) <= set(model.weights) | set(model.cache) for g in model.graphs.values()

@@ -18,23 +18,28 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def llama_spec(folder: Path, **tiny):
-    spec = load_spec(REPO / "port_specs" / "llama.toml", REPO, check_imports=False)
+    return bundled_spec("llama", folder, **tiny)
+
+
+def bundled_spec(name: str, folder: Path, **tiny):
+    """Bundled spec ``name`` with its tiny checkpoint in ``folder`` and ``tiny`` overriding its recipe."""
+    spec = load_spec(REPO / "port_specs" / f"{name}.toml", REPO, check_imports=False)
     spec = dataclasses.replace(spec, model=dataclasses.replace(spec.model, weights_path=str(folder)))
     return dataclasses.replace(spec, tiny={**spec.tiny, **tiny})
 
 
 def test_materialisation_is_deterministic(tmp_path):
-    first = resolve_weights(llama_spec(tmp_path / "a", train_steps=40))
-    second = resolve_weights(llama_spec(tmp_path / "b", train_steps=40))
+    first = resolve_weights(llama_spec(tmp_path / "a", train_steps=12))
+    second = resolve_weights(llama_spec(tmp_path / "b", train_steps=12))
     a, b = load_file(first.path / "model.safetensors"), load_file(second.path / "model.safetensors")
     assert a and a.keys() == b.keys()
     assert all(a[k].equal(b[k]) for k in a)
     assert first.kind == "tiny-trained"
-    assert first.training["steps"] == 40 and first.training["final_loss"] > 0
+    assert first.training["steps"] == 12 and first.training["final_loss"] > 0
 
 
 def test_second_resolve_trains_nothing(tmp_path, monkeypatch):
-    spec = llama_spec(tmp_path / "w", train_steps=20)
+    spec = llama_spec(tmp_path / "w", train_steps=3)
     resolve_weights(spec)
     monkeypatch.setattr(
         checkpoint, "_materialise_tiny", lambda *a: pytest.fail("rebuilt a cached checkpoint")
@@ -43,7 +48,7 @@ def test_second_resolve_trains_nothing(tmp_path, monkeypatch):
 
 
 def test_corrupt_cached_checkpoint_is_detected_and_rebuilt(tmp_path):
-    spec = llama_spec(tmp_path / "w", train_steps=20)
+    spec = llama_spec(tmp_path / "w", train_steps=3)
     good = (resolve_weights(spec).path / "model.safetensors").read_bytes()
     weights_file = tmp_path / "w" / "model.safetensors"
     weights_file.write_bytes(good[:-64] + bytes(64))
@@ -55,7 +60,7 @@ def test_corrupt_cached_checkpoint_is_detected_and_rebuilt(tmp_path):
 
 def test_changed_recipe_rebuilds_and_random_path_stays_available(tmp_path):
     path = tmp_path / "w"
-    assert resolve_weights(llama_spec(path, train_steps=20)).kind == "tiny-trained"
+    assert resolve_weights(llama_spec(path, train_steps=3)).kind == "tiny-trained"
     random = resolve_weights(llama_spec(path, weights="random"))
     assert random.kind == "tiny-random" and random.training is None
     assert json.loads((path / checkpoint.TINY_MARKER).read_text())["weights"] == "random"
@@ -82,11 +87,16 @@ def test_bad_training_parameters_name_the_field(tmp_path, field, value):
     assert not (tmp_path / "w").exists()
 
 
-def test_encoder_decoder_tokenizer_closes_inputs_with_eos(tiny_weights):
+def test_encoder_decoder_tokenizer_closes_inputs_with_eos(tmp_path):
+    """The tokenizer saved beside a tiny checkpoint (whatever its weights: untrained ones here, as the
+    tokenizer is made before any training)."""
     from transformers import AutoTokenizer
 
-    t5 = AutoTokenizer.from_pretrained(tiny_weights("t5"))
-    llama = AutoTokenizer.from_pretrained(tiny_weights("llama"))
+    def saved_tokenizer(name: str):
+        spec = bundled_spec(name, tmp_path / name, weights="random")
+        return AutoTokenizer.from_pretrained(resolve_weights(spec).path)
+
+    t5, llama = saved_tokenizer("t5"), saved_tokenizer("llama")
     assert t5("The days of the week")["input_ids"][-1] == t5.eos_token_id
     assert llama("The days of the week")["input_ids"][-1] != llama.eos_token_id
 

@@ -1,17 +1,16 @@
 """Compiled graphs loaded when first run: a verdict whose prompts never reach a bucket does not pay
-for reading that bucket's graph (deserialising an exported program costs about half a second of CPU
-per graph on a small port)."""
+for reading that bucket's graph (reading an exported program back costs a few tenths of a second of
+CPU per graph on a small port, seconds on a large one)."""
 
 from __future__ import annotations
 
-import contextlib
-import typing
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import torch
 
 from .base import CompileResult
+from .export_load import load_program
 from .shared_weights import bind_weights
 
 
@@ -52,42 +51,8 @@ def load_exported(
 
     def load(name: str) -> torch.nn.Module:
         file = out_dir / result.graphs[name]
-        with _schema_type_hints_memoised():
-            module = torch.export.load(file).module()
+        module = load_program(file).module()
         bind_weights(module, shared, str(file))
         return module
 
     return GraphsOnDemand(result.graphs, load)
-
-
-_SCHEMA_HINTS: dict[tuple, dict] = {}  # (schema class, include_extras) -> its type hints
-
-
-@contextlib.contextmanager
-def _schema_type_hints_memoised():
-    """torch's exported-program reader resolves the type hints of the same few schema dataclasses
-    once per JSON object it reads (tens of thousands of times per graph), about half its CPU time.
-    Inside this block those lookups (hints of a class against the schema module's namespace, fixed
-    for a process) are answered from a table; every other call goes to ``typing`` unchanged."""
-    try:
-        from torch._export.serde import schema
-    except ImportError:  # another torch layout: nothing to speed up
-        yield
-        return
-    real = typing.get_type_hints
-    namespace = vars(schema)
-    table = _SCHEMA_HINTS
-
-    def hints(obj, globalns=None, localns=None, include_extras=False):
-        if globalns is not namespace or localns is not None or not isinstance(obj, type):
-            return real(obj, globalns, localns, include_extras)
-        key = (obj, include_extras)
-        if key not in table:
-            table[key] = real(obj, globalns, None, include_extras)
-        return table[key]
-
-    typing.get_type_hints = hints
-    try:
-        yield
-    finally:
-        typing.get_type_hints = real
