@@ -302,10 +302,10 @@ def safetensors_files(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.glob("*.safetensors"))
 
 
-def load_state_dict(weights_dir: Path) -> dict:
-    """Every tensor of an HF safetensors checkpoint (sharded or not), by its HF key."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+def load_state_dict(weights_dir: Path, leave_out=None) -> dict:
+    """Every tensor of an HF safetensors checkpoint (sharded or not), by its HF key; ``leave_out(keys)``:
+    the keys of a file not to read (the later layers in reduced-layer mode)."""
+    from safetensors import SafetensorError, safe_open
 
     files = safetensors_files(weights_dir)
     if not files:
@@ -313,7 +313,10 @@ def load_state_dict(weights_dir: Path) -> dict:
     state_dict = {}
     for name in files:
         try:
-            state_dict.update(load_file(weights_dir / name))
+            with safe_open(weights_dir / name, framework="pt") as handle:
+                keys = list(handle.keys())
+                skipped = set(leave_out(keys)) if leave_out else set()
+                state_dict.update((key, handle.get_tensor(key)) for key in keys if key not in skipped)
         except (SafetensorError, OSError) as exc:
             raise AutoportError(f"{weights_dir / name}: cannot read safetensors: {exc}") from None
     return state_dict

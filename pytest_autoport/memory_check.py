@@ -1,5 +1,6 @@
-"""Will the FP32 HF reference fit? Estimated before it is loaded, so a run too big for the machine says so
-with the figures instead of being killed by the kernel halfway through loading.
+"""Will the next big step fit? The FP32 HF reference, the checkpoint read with the FP32 port, a
+low-precision copy and a compilation are estimated before they start, so a run too big for the machine
+says so with the figures and what to do instead of being killed by the kernel halfway through.
 
 Estimate: parameters (counted from the safetensors headers, no tensor read) x 4 bytes, plus 10% and
 256 MiB for activations and loading. Available: psutil's figure where installed, else MemAvailable in
@@ -23,8 +24,20 @@ MARGIN_BYTES = 256 << 20
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
-class ReferenceTooLarge(AutoportError):
+class MemoryTooSmall(AutoportError):
+    """A step would not fit in the memory available; it was not started."""
+
+
+class ReferenceTooLarge(MemoryTooSmall):
     """The FP32 reference would not fit in the memory available; it was not loaded."""
+
+
+SMALLER_RUN = (
+    "--autoport-layers=N judges the first N decoder layers of the checkpoint, fewer or smaller buckets "
+    "(port.context_buckets, port.token_generation_buckets) shorten the compilation, or use a machine with "
+    f"more memory; {AVAILABLE_ENV} overrides the available figure"
+)
+COPY_MARGIN_BYTES = 64 << 20  # steps without activations: a smaller margin than the reference's
 
 
 def parse_size(text: str) -> int:
@@ -43,7 +56,12 @@ def parse_size(text: str) -> int:
 def parameter_count(weights_dir: Path, leave_out=None) -> int:
     """Elements of every tensor in the checkpoint's safetensors files, read from their headers;
     ``leave_out(names)``: the names not loaded (the later layers in reduced-layer mode)."""
-    total = 0
+    return checkpoint_size(weights_dir, leave_out)[0]
+
+
+def checkpoint_size(weights_dir: Path, leave_out=None) -> tuple[int, int]:
+    """(elements, bytes as stored) of the checkpoint's tensors, from the safetensors headers."""
+    total = stored = 0
     for file in sorted(Path(weights_dir).glob("*.safetensors")):
         with open(file, "rb") as handle:
             (length,) = struct.unpack("<Q", handle.read(8))
@@ -55,7 +73,8 @@ def parameter_count(weights_dir: Path, leave_out=None) -> int:
                 for dim in info["shape"]:
                     count *= dim
                 total += count
-    return total
+                stored += info["data_offsets"][1] - info["data_offsets"][0]
+    return total, stored
 
 
 def reference_estimate(parameters: int) -> dict:
@@ -141,4 +160,60 @@ def check_reference_fits(weights_dir: Path, leave_out=None) -> dict:
         "(copied into agent_artifacts/golden/) needs no HF model; the component and model stages need the "
         "whole reference: --autoport-layers=N judges the first N decoder layers, or use a machine with more "
         f"memory; {AVAILABLE_ENV} overrides the available figure"
+    )
+
+
+def check_fits(what: str, needed: int, detail: str, advice: str = SMALLER_RUN) -> dict:
+    """Figures of the estimate; raises :class:`MemoryTooSmall` naming ``what`` when ``needed`` bytes
+    are more than the memory available. ``detail``: how ``needed`` was counted."""
+    available, source = available_memory()
+    figures = {"bytes": needed, "available_bytes": available, "available_from": source}
+    if available is None or needed <= available:
+        return figures
+    raise MemoryTooSmall(
+        f"{what} will not fit in memory, so it was not started: it needs about {_gib(needed)} ({detail}) "
+        f"and {_gib(available)} is available ({source}), beside what this run already holds. {advice}"
+    )
+
+
+def check_checkpoint_read_fits(weights_dir: Path, leave_out=None) -> dict:
+    """The checkpoint's tensors read whole, beside the FP32 port they convert into."""
+    parameters, stored = checkpoint_size(weights_dir, leave_out)
+    port = parameters * FP32_BYTES
+    margin = int((stored + port) * MARGIN_FRACTION) + COPY_MARGIN_BYTES
+    return check_fits(
+        f"reading the checkpoint {weights_dir} into the FP32 port",
+        stored + port + margin,
+        f"{_gib(stored)} of tensors as stored + {_gib(port)} for the FP32 port ({parameters:,} parameters) "
+        f"+ {_gib(margin)} margin",
+    )
+
+
+def module_bytes(module, dtype=None) -> int:
+    """Bytes of ``module``'s parameters and buffers (each storage once), its floating ones in ``dtype``
+    when given."""
+    seen, total = set(), 0
+    for tensor in [*module.parameters(), *module.buffers()]:
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+        if key in seen or tensor.device.type == "meta":
+            continue
+        seen.add(key)
+        size = dtype.itemsize if dtype is not None and tensor.is_floating_point() else tensor.element_size()
+        total += tensor.numel() * size
+    return total
+
+
+def check_copy_fits(what: str, module, dtype) -> dict:
+    """A cast copy of ``module`` in ``dtype`` (the source stays held)."""
+    size = module_bytes(module, dtype)
+    margin = int(size * MARGIN_FRACTION) + COPY_MARGIN_BYTES
+    return check_fits(what, size + margin, f"{_gib(size)} of tensors + {_gib(margin)} margin")
+
+
+def check_compile_fits(module) -> dict:
+    """Tracing and saving the port's graphs beside the port (its weights are written, not copied)."""
+    size = module_bytes(module)
+    margin = int(size * MARGIN_FRACTION) + COPY_MARGIN_BYTES
+    return check_fits(
+        "the compilation", margin, f"tracing and saving the graphs of a port of {_gib(size)}: 10% + 64 MiB"
     )

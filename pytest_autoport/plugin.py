@@ -33,6 +33,7 @@ class AutoportState:
         self.outcomes: dict[str, str] = {}  # stage id -> passed/failed/skipped
         self.planned: int | None = None  # stage items the spec plans, once collected
         self.errors_seen: dict[tuple[str, str], str] = {}  # (type, message) -> first stage id raising it
+        self.memory_plan = None  # what each selected item holds (memory_plan.MemoryPlan), once collected
 
     @property
     def spec_nodeid(self) -> str:
@@ -211,6 +212,16 @@ def pytest_xdist_make_scheduler(config, log):
     return make_scheduler(config, log, state.spec_nodeid)
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    state = session.config.stash.get(STATE, None)
+    if state is None or state.session is None:
+        return
+    from .memory_plan import MemoryPlan
+
+    selected = [i.planned for i in session.items if isinstance(i, StageItem)]
+    state.memory_plan = MemoryPlan(state.session, [(p.id, p.stage.name, p.params) for p in selected])
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item, call):
     report = yield
@@ -312,7 +323,10 @@ class StageItem(pytest.Item):
                 pytest.skip(f"prerequisite stage {failed[0]} did not pass ({self.state.outcomes[failed[0]]})")
         running(session, self.planned.id)
         session.time_spent.item_running = True
+        plan = self.state.memory_plan
         try:
+            if plan is not None:
+                plan.before(self.planned.id)
             figures = stage.run(session, **self.planned.params)
         except StageFailure as exc:
             exc = self._with_likely_cause(self._with_moe_hint(exc))
@@ -327,6 +341,8 @@ class StageItem(pytest.Item):
             raise
         finally:
             running(session, None)
+            if plan is not None:
+                plan.after(self.planned.id)
             session.time_spent.item_running = False
             self._add_figures(session.time_spent.take(self._credits_collection()))
         self._add_figures(figures or {})

@@ -164,11 +164,18 @@ class AutoportSession:
     @shared_step("HF checkpoint read")
     def hf_state_dict(self) -> dict:
         from .checkpoint import load_state_dict
+        from .memory_check import check_checkpoint_read_fits
 
-        state = load_state_dict(self.weights.path)
-        self.layer_keys_left_out = self.later_layer_keys(list(state))
-        later = set(self.layer_keys_left_out)
-        return {k: v for k, v in state.items() if k not in later} if later else state
+        check_checkpoint_read_fits(self.weights.path, self.later_layer_keys)
+        left_out: list[str] = []
+
+        def leave_out(keys):
+            left_out.extend(self.later_layer_keys(keys))
+            return left_out
+
+        state = load_state_dict(self.weights.path, leave_out)
+        self.layer_keys_left_out = left_out
+        return state
 
     @cached_property
     def prompt_ids(self) -> list[list[int]]:
@@ -303,9 +310,11 @@ class AutoportSession:
 
     @shared_step("HF low-precision model")
     def hf_model_lp(self):
-        import copy
+        from .memory_check import check_copy_fits
+        from .memory_plan import cast_copy
 
-        return copy.deepcopy(self.hf_model).to(self.lp_dtype)
+        check_copy_fits("the HF low-precision copy", self.hf_model, self.lp_dtype)
+        return cast_copy(self.hf_model, self.lp_dtype)
 
     @shared_step("HF low-precision reference pass")
     def hf_trace_lp(self):
@@ -360,11 +369,13 @@ class AutoportSession:
     def _port_copy(self, dtype):
         """The port in ``dtype``: the target builds it where it can (nxdi: NxDI's own low-precision
         load), else a cast copy of the FP32 port."""
-        import copy
+        from .memory_check import check_copy_fits
+        from .memory_plan import cast_copy
 
         if hasattr(self.target, "port_in_dtype"):
             return self.target.port_in_dtype(self.spec, self.port, dtype)
-        return copy.deepcopy(self.port).to(dtype)
+        check_copy_fits(f"the port's {dtype} copy".replace("torch.", ""), self.port, dtype)
+        return cast_copy(self.port, dtype)
 
     @shared_step("port build and weight conversion")
     def mapping(self):

@@ -131,9 +131,12 @@ def compile_port(session):
     from ..artifacts import ArtifactStore, RebuildWarning
 
     store = ArtifactStore(session.compiled_root, session.failures_root)
-    port = session.port_in(session.dtype)
 
-    def build(out_dir):
+    def build(out_dir):  # the eager port is built only when no artifact is cached
+        from ..memory_check import check_compile_fits
+
+        port = session.port_in(session.dtype)
+        check_compile_fits(port)
         return asdict(session.target.compile(port, session.spec, out_dir))
 
     entry = store.get_or_build(session.spec.name, key_inputs(session), build, hold=True)
