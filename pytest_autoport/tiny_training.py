@@ -33,7 +33,7 @@ def train_on_corpus(
     else:
         sample = _window_batches(ids, model.config, generator, batch)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
+    schedule = _schedule(optimizer, lr, steps)
     model.train()
     start = time.perf_counter()
     loss_value = float("nan")
@@ -91,3 +91,14 @@ def _continuation_batches(ids, tokenizer, generator, batch: int):
         mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in sources])
         labels = torch.stack([ids[end : end + TARGET_TOKENS] for end in picked])
         yield {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+
+
+def _schedule(optimizer, lr: float, steps: int):
+    """One cycle with a tenth of the steps warming up; a short run warms up for 2.5 steps (the one
+    cycle divides by its warm-up length less one), and a run of one or two steps keeps ``lr``."""
+    import torch
+
+    if steps < 3:
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    share = max(0.1, 2.5 / steps)
+    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=share)

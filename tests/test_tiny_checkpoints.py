@@ -126,3 +126,20 @@ def test_trained_model_continues_corpus_text(llama_verdict):
     corpus = " ".join(CORPUS.read_text().split())
     for text in texts:
         assert text.strip() in corpus
+
+
+def test_every_step_count_gets_a_schedule_that_runs():
+    """A short training run (`train_steps = 10` divided by zero in the one-cycle schedule) trains."""
+    import torch
+
+    from pytest_autoport.tiny_training import _schedule
+
+    for steps in range(1, 41):
+        optimizer = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=1e-3)
+        schedule = _schedule(optimizer, 1e-3, steps)
+        for _ in range(steps):
+            optimizer.step()
+            schedule.step()
+        assert optimizer.param_groups[0]["lr"] > 0
+    assert isinstance(_schedule(optimizer, 1e-3, 300), torch.optim.lr_scheduler.OneCycleLR)
+    assert _schedule(optimizer, 1e-3, 300).total_steps == 300
