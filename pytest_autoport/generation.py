@@ -333,3 +333,19 @@ def seq2seq_prefill(graphs: StaticGraphs, max_new_tokens: int, used: set[str]) -
         return logits, torch.ones(batch_size, dtype=torch.long), graph
 
     return prefill
+
+
+def spec_sampling(spec, tokenizer) -> SamplingParams:
+    """The ``generate`` stage's settings: the spec's ``[generation]`` table, special tokens other than
+    EOS suppressed when it asks so."""
+    g = spec.generation
+    special = tuple(sorted(set(tokenizer.all_special_ids) - {tokenizer.eos_token_id}))
+    return SamplingParams(
+        max_new_tokens=g.max_new_tokens or spec.validation.num_tokens_to_check,
+        temperature=g.temperature,
+        top_k=g.top_k,
+        top_p=g.top_p,
+        seed=g.seed,
+        eos_token_id=tokenizer.eos_token_id if g.stop_at_eos else None,
+        suppress_token_ids=special if g.suppress_special_tokens else (),
+    )

@@ -186,3 +186,31 @@ def _submodule(model, path: str):
         return model.get_submodule(path)
     except AttributeError:
         return None
+
+
+def component_paths(spec, hf_skeleton, layers: int):
+    """(entries, resolved components, skipped components) of ``spec``: an entry is (component name, HF
+    path, port path, layer) for every component of every layer; each component's
+    ``hf_module_aliases`` is resolved against the installed transformers, and a component whose HF
+    module is a container that is never called is left out with its reason (name -> reason)."""
+    entries, resolved, skipped_components = [], [], {}
+    for comp in spec.components:
+        comp, skipped = resolve_component(comp, hf_skeleton, layers, spec.path)
+        if skipped:
+            skipped_components[comp.name] = skipped
+            continue
+        resolved.append(comp)
+        entries += [
+            (comp.name, comp.hf_path(layer), comp.port_path(layer), layer)
+            for layer in (range(layers) if comp.per_layer else [None])
+            if _has_submodule(hf_skeleton, comp.hf_path(layer))
+        ]
+    return entries, resolved, skipped_components
+
+
+def _has_submodule(model, path: str) -> bool:
+    try:
+        model.get_submodule(path)
+    except AttributeError:
+        return False
+    return True

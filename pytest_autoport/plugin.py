@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from .errors import FIGURES_ATTR, AutoportError, SpecError, StageFailure, TargetUnavailable
+from .failure_hints import with_hints
 from .results import FIGURE_PREFIX, NOT_RUN_HERE, SUPERSEDED
 from .session import AutoportSession, Options
 from .shared_steps import SharedStepFailed, running
@@ -329,7 +330,7 @@ class StageItem(pytest.Item):
                 plan.before(self.planned.id)
             figures = stage.run(session, **self.planned.params)
         except StageFailure as exc:
-            exc = self._with_likely_cause(self._with_moe_hint(exc))
+            exc = with_hints(exc, self.planned, self.state.session, self.state.outcomes)
             self._add_figures(exc.figures)
             raise exc from None
         except TargetUnavailable as exc:
@@ -354,44 +355,6 @@ class StageItem(pytest.Item):
         return not any(
             getattr(i, "planned", None) and i.planned.stage.name == "weights" for i in self.session.items
         )
-
-    def _with_moe_hint(self, failure: StageFailure) -> StageFailure:
-        """A failing MoE block (its own check, or the model's first divergent module) whose router and
-        experts checks passed in this run: the failure says that their combination diverges."""
-        from .moe_hints import combination_hint
-
-        params = self.planned.params
-        if "component" in params:
-            component, layer = params["component"], params["layer"]
-            path = component.hf_path(layer)
-        else:
-            path = failure.figures.get("first_divergence")
-            layer = _layer_of(self.state.session, path)
-        hint = combination_hint(self.state.session, path, layer, params.get("dtype"), self.state.outcomes)
-        if hint is None or hint in failure.detail:
-            return failure
-        return StageFailure(f"{failure.detail}\n{hint}", {**failure.figures, "moe_hint": hint})
-
-    def _with_likely_cause(self, failure: StageFailure) -> StageFailure:
-        """The failure naming its likely cause from its figures where a metric signature fits (a hint
-        only: the stage fails either way), and the cause in its figures (``likely_cause``)."""
-        from .kb import likely_cause_of
-        from .kb_metrics import stage_facts
-
-        planned = self.planned
-        try:
-            facts = stage_facts(
-                planned.id, planned.stage.name, planned.params, failure.figures, self.state.outcomes
-            )
-        except (AttributeError, KeyError, TypeError, ValueError):  # odd figures: the message's cause stands
-            return failure
-        detail = "\n".join(
-            line for line in failure.detail.splitlines() if not line.startswith("likely cause: ")
-        )
-        cause = likely_cause_of(detail, facts)
-        if cause is None:
-            return failure
-        return StageFailure(detail, {**failure.figures, "likely_cause": cause.to_dict()}, cause=cause)
 
     def _skip_unavailable(self, reason: str) -> None:
         """Skip: the target cannot run this stage here. A stage skipped only for the missing
@@ -449,11 +412,3 @@ def autoport_artifact_store(request):
     state = request.config.stash.get(STATE, None)
     root = state.artifacts_dir if state else request.config.rootpath / "agent_artifacts"
     return ArtifactStore(root / "data" / "compiled_model", root / "data" / "compilation_failures")
-
-
-def _layer_of(session, hf_path):
-    """The layer of the mapped module at or above ``hf_path`` (None when it is not per layer)."""
-    if not hf_path:
-        return None
-    held = [(hf, at) for _, hf, _, at in session.module_paths if f"{hf_path}.".startswith(f"{hf}.")]
-    return max(held, key=lambda entry: len(entry[0]))[1] if held else None

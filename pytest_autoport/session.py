@@ -255,22 +255,11 @@ class AutoportSession:
         Resolves each component's ``hf_module_aliases`` against the installed transformers (the spec's
         components are replaced by the resolved ones) and leaves out, with a reason in
         ``skipped_components``, a component whose HF module is a container that is never called."""
-        from .hf_reference import resolve_component
+        from .hf_reference import component_paths
 
-        layers = self.hf_config.num_hidden_layers
-        entries, resolved = [], []
-        self.skipped_components: dict[str, str] = {}
-        for comp in self.spec.components:
-            comp, skipped = resolve_component(comp, self.hf_skeleton, layers, self.spec.path)
-            if skipped:
-                self.skipped_components[comp.name] = skipped
-                continue
-            resolved.append(comp)
-            entries += [
-                (comp.name, comp.hf_path(layer), comp.port_path(layer), layer)
-                for layer in (range(layers) if comp.per_layer else [None])
-                if _has_submodule(self.hf_skeleton, comp.hf_path(layer))
-            ]
+        entries, resolved, self.skipped_components = component_paths(
+            self.spec, self.hf_skeleton, self.hf_config.num_hidden_layers
+        )
         self.spec = dataclasses.replace(self.spec, components=resolved)
         return entries
 
@@ -425,20 +414,9 @@ class AutoportSession:
     @shared_step("generation")
     def generation(self):
         """The ``generate`` stage's run, with the spec's sampling settings."""
-        from .generation import SamplingParams
+        from .generation import spec_sampling
 
-        g = self.spec.generation
-        special = tuple(sorted(set(self.tokenizer.all_special_ids) - {self.tokenizer.eos_token_id}))
-        params = SamplingParams(
-            max_new_tokens=g.max_new_tokens or self.spec.validation.num_tokens_to_check,
-            temperature=g.temperature,
-            top_k=g.top_k,
-            top_p=g.top_p,
-            seed=g.seed,
-            eos_token_id=self.tokenizer.eos_token_id if g.stop_at_eos else None,
-            suppress_token_ids=special if g.suppress_special_tokens else (),
-        )
-        return self.compiled_model.generate(self.prompt_ids, params)
+        return self.compiled_model.generate(self.prompt_ids, spec_sampling(self.spec, self.tokenizer))
 
     @shared_step("greedy run of the compiled port")
     def golden_run(self):
@@ -447,11 +425,3 @@ class AutoportSession:
 
         params = SamplingParams(max_new_tokens=self.spec.validation.num_tokens_to_check)
         return self.compiled_model.generate(self.prompt_ids, params)
-
-
-def _has_submodule(model, path: str) -> bool:
-    try:
-        model.get_submodule(path)
-    except AttributeError:
-        return False
-    return True
