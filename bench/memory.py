@@ -6,6 +6,7 @@ from __future__ import annotations
 import fcntl
 import re
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -21,17 +22,19 @@ def peak_rss_bytes() -> int:
 @contextmanager
 def bigmem_lock(enabled: bool = True):
     """Hold an exclusive ``flock`` on :data:`BIGMEM_LOCK` (waiting for it, with a note) while the block
-    runs. Do not start the suite itself under ``flock`` on the same file: it would wait for itself."""
+    runs; yields the seconds spent waiting. Do not start the suite itself under ``flock`` on the same
+    file: it would wait for itself."""
     if not enabled:
-        yield
+        yield 0.0
         return
     with open(BIGMEM_LOCK, "a") as handle:
+        started = time.perf_counter()
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             print(f"waiting for {BIGMEM_LOCK} (another memory-hungry job runs)", file=sys.stderr, flush=True)
             fcntl.flock(handle, fcntl.LOCK_EX)
         try:
-            yield
+            yield time.perf_counter() - started
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)

@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 import traceback
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -45,57 +46,87 @@ from bench.suite_table import write
 SECTIONS = ("verdict", "xdist", "compile", "streaming", "golden_cost", "port_decode")
 
 
-def section(report: dict, name: str, run) -> None:
-    """``report[name] = run()``, or the error it raised (the suite goes on with the next section)."""
-    started = time.perf_counter()
-    print(f"[bench] {name} ...", file=sys.stderr, flush=True)
-    try:
-        report[name] = run()
-    except Exception as exc:  # noqa: BLE001 - one broken measurement must not lose the others
-        traceback.print_exc()
-        report[name] = {
-            "error": f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else ''}"
+class Suite:
+    """The report being built; written out after every section, so a suite stopped halfway leaves
+    what it measured (``complete`` false)."""
+
+    def __init__(self, args: argparse.Namespace, command: str):
+        self.args = args
+        self.started = time.perf_counter()
+        self.report: dict = {
+            "command": command,
+            "mode": "quick" if args.quick else "full",
+            "started_at": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "complete": False,
+            "lock_wait_s": 0.0,
         }
-    print(f"[bench] {name}: {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+        self.load_before = load_average()
+
+    def section(self, name: str, run) -> None:
+        """``report[name] = run()``, or the error it raised (the suite goes on with the next section)."""
+        started = time.perf_counter()
+        print(f"[bench] {name} ...", file=sys.stderr, flush=True)
+        try:
+            self.report[name] = run()
+        except Exception as exc:  # noqa: BLE001 - one broken measurement must not lose the others
+            traceback.print_exc()
+            lines = str(exc).strip().splitlines()
+            self.report[name] = {"error": f"{type(exc).__name__}: {lines[-1][:300] if lines else ''}"}
+        print(f"[bench] {name}: {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+        self.save()
+
+    @contextmanager
+    def bigmem(self):
+        """The machine-wide memory lock around a large checkpoint's sections (not in quick mode)."""
+        with bigmem_lock(not self.args.quick) as waited:
+            self.report["lock_wait_s"] = round(self.report["lock_wait_s"] + waited, 1)
+            yield
+
+    def save(self, complete: bool = False) -> tuple[Path, Path]:
+        machine = machine_info(child_env())
+        machine.update(load_average_before=self.load_before, load_average_after=load_average())
+        self.report.update(
+            complete=complete, duration_s=round(time.perf_counter() - self.started, 1), machine=machine
+        )
+        return write(self.report, self.args.out)
 
 
-def run(args: argparse.Namespace, tmp: Path) -> dict:
+def run(suite: Suite, tmp: Path) -> None:
+    args = suite.args
     chosen = set(args.only.split(",")) if args.only else set(SECTIONS)
     repeats = 1 if args.quick else 3
-    report: dict = {}
     warm = tmp / "verdict"
     if "verdict" in chosen or "compile" in chosen:
-        section(report, "verdict", lambda: verdict_timing.measure(warm, repeats=repeats))
+        suite.section("verdict", lambda: verdict_timing.measure(warm, repeats=repeats))
     if "xdist" in chosen:
-        section(report, "xdist", lambda: xdist_timing.measure(warm))
+        suite.section("xdist", lambda: xdist_timing.measure(warm))
     if "compile" in chosen:
-        compiled = {"export": report["verdict"].get("compile_s_per_bucket", {})}
+        compiled = {"export": suite.report["verdict"].get("compile_s_per_bucket", {})}
         if args.aoti:
-            section(report, "aoti", lambda: compile_timing.measure(tmp / "aoti", "aoti"))
-            compiled["aoti"] = report["aoti"].get("compile_s_per_bucket", {})
-        report["compile"] = compiled
-    big = not args.quick
+            suite.section("aoti", lambda: compile_timing.measure(tmp / "aoti", "aoti"))
+            compiled["aoti"] = suite.report["aoti"].get("compile_s_per_bucket", {})
+        suite.report["compile"] = compiled
     if "streaming" in chosen:
         layers, hidden = (4, 512) if args.quick else (8, 2048)
-        with bigmem_lock(big):
-            section(report, "streaming", lambda: streaming_golden.measure(layers, hidden))
+        with suite.bigmem():
+            suite.section("streaming", lambda: streaming_golden.measure(layers, hidden))
     if chosen & {"golden_cost", "port_decode"}:
-        with bigmem_lock(big):
-            llama_sections(report, chosen, tmp / "llama", args.quick)
-    return report
+        with suite.bigmem():
+            llama_sections(suite, chosen, tmp / "llama")
 
 
-def llama_sections(report: dict, chosen: set, tmp: Path, quick: bool) -> None:
+def llama_sections(suite: Suite, chosen: set, tmp: Path) -> None:
     """golden_cost and port_decode on one ~300M checkpoint (quick: ~45M), removed afterwards."""
     weights = tmp / "weights"
+    quick = suite.args.quick
     given = golden_cost.settings(quick)
     try:
-        section(report, "llama_checkpoint", lambda: build_llama(weights, quick))
-        if "error" in report["llama_checkpoint"]:
+        suite.section("llama_checkpoint", lambda: build_llama(weights, quick))
+        if "error" in suite.report["llama_checkpoint"]:
             return
-        section(report, "golden_cost", lambda: golden_cost.measure(weights, **given))
+        suite.section("golden_cost", lambda: golden_cost.measure(weights, **given))
         if "port_decode" in chosen:
-            section(report, "port_decode", lambda: port_decode.measure(tmp, weights, **given))
+            suite.section("port_decode", lambda: port_decode.measure(tmp, weights, **given))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -117,22 +148,11 @@ def main(argv: list[str] | None = None) -> None:
     unknown = set(args.only.split(",")) - set(SECTIONS) if args.only else set()
     if unknown:
         parser.error(f"unknown section(s) {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
-    started_at = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    before = load_average()
-    started = time.perf_counter()
+    command = shlex.join(["python", "-m", "bench", *(argv if argv is not None else sys.argv[1:])])
+    suite = Suite(args, command)
     with tempfile.TemporaryDirectory(prefix="autoport-bench-") as tmp:
-        report = run(args, Path(tmp))
-    machine = machine_info(child_env())
-    machine.update(load_average_before=before, load_average_after=load_average())
-    report = {
-        "command": shlex.join(["python", "-m", "bench", *(argv if argv is not None else sys.argv[1:])]),
-        "mode": "quick" if args.quick else "full",
-        "started_at": started_at,
-        "duration_s": round(time.perf_counter() - started, 1),
-        "machine": machine,
-        **report,
-    }
-    json_path, md_path = write(report, args.out)
+        run(suite, Path(tmp))
+    json_path, md_path = suite.save(complete=True)
     print(md_path.read_text())
     print(
         f"written: {json_path.relative_to(REPO) if json_path.is_relative_to(REPO) else json_path}, {md_path.name}"

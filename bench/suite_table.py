@@ -168,8 +168,13 @@ def machine_line(report: dict) -> str:
 
 
 def markdown(report: dict) -> str:
+    waited = (
+        f", {report['lock_wait_s']:.0f} s of it waiting for /tmp/bigmem.lock"
+        if report.get("lock_wait_s")
+        else ""
+    )
     lines = [
-        f"Command: `{report['command']}` ({report['mode']} mode, {report['duration_s']:.0f} s, "
+        f"Command: `{report['command']}` ({report['mode']} mode, {report['duration_s']:.0f} s{waited}, "
         f"{report['started_at']})",
         "",
         f"Machine: {machine_line(report)}",

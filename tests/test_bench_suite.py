@@ -114,3 +114,10 @@ def test_write_json_and_markdown(tmp_path):
     assert "2 x Test CPU, 24.0 GB RAM" in text and "1.00/1.00/1.00 before, 2.50/1.50/1.00 after" in text
     assert "| warm `-k mlp` (median of 3) | 6.4 s = 1.60x floor | <= 1.5x floor | miss |" in text
     assert text.count("\n|") == 2 + len(saved["table"])  # header, separator and one line per row
+
+
+def test_a_suite_stopped_halfway_says_so(tmp_path):
+    _, md_path = write(report(complete=False, lock_wait_s=120.0), tmp_path)
+    text = md_path.read_text()
+    assert "Incomplete: the suite stopped or is still running." in text
+    assert "120 s of it waiting for /tmp/bigmem.lock" in text
