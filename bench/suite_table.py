@@ -179,6 +179,7 @@ def markdown(report: dict) -> str:
         "",
         f"Machine: {machine_line(report)}",
         "",
+        *([] if report.get("complete", True) else ["Incomplete: the suite stopped or is still running.", ""]),
         *(
             [
                 "Quick mode: small checkpoints and one repeat, a smoke run; the targets are meant for the full mode.",
