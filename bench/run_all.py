@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -150,6 +151,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"unknown section(s) {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
     command = shlex.join(["python", "-m", "bench", *(argv if argv is not None else sys.argv[1:])])
     suite = Suite(args, command)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stopped: still remove the temporary folder
     with tempfile.TemporaryDirectory(prefix="autoport-bench-") as tmp:
         run(suite, Path(tmp))
     json_path, md_path = suite.save(complete=True)
