@@ -1,39 +1,45 @@
-"""Compile time per bucket for both torch-target compilers, the warm verdict, and the reuse check
-(a second run compiles nothing). Usage: python bench/compile_timing.py [spec]"""
+"""Compile time per bucket for the torch-target compilers (``torch.export``; AOTInductor, slow, on
+request) and the reuse check (a second run compiles nothing).
+
+Usage: python -m bench.compile_timing [--spec llama] [--compilers export,aoti]
+"""
 
 from __future__ import annotations
 
-import sys
+import argparse
+import json
 import tempfile
 from pathlib import Path
 
-from _runner import verdict
+from bench._runner import compile_per_bucket, stage, verdict
 
 
-def compile_figures(result: dict) -> dict:
-    return next(s["figures"] for s in result["stages"] if s["id"] == "compile")
+def measure(artifacts: Path, compiler: str, spec: str = "llama") -> dict:
+    """``-k compile`` twice in ``artifacts`` with ``compiler``: seconds per graph, and whether the second
+    run compiled again."""
+    args = ("-k", "compile", f"--autoport-compiler={compiler}")
+    seconds, result = verdict(artifacts, *args, spec=spec)
+    _, again = verdict(artifacts, *args, spec=spec)
+    figures = stage(result, "compile")["figures"]
+    return {
+        "compiler": compiler,
+        "stage_wall_s": round(seconds, 2),
+        "compiled": figures.get("compiled"),
+        "graphs": figures.get("graphs"),
+        "compile_s_per_bucket": compile_per_bucket(result),
+        "recompiled_on_second_run": stage(again, "compile")["figures"].get("compiled") is not False,
+    }
 
 
-def main(spec: str = "llama") -> None:
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--spec", default="llama")
+    parser.add_argument("--compilers", default="export,aoti")
+    args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        for compiler in ("export", "aoti"):
-            artifacts = Path(tmp) / compiler
-            seconds, result = verdict(
-                artifacts, "-k", "compile", f"--autoport-compiler={compiler}", spec=spec
-            )
-            figures = compile_figures(result)
-            print(f"[{compiler}] compile stage {seconds:.1f} s wall (compiled: {figures.get('compiled')})")
-            for key, value in sorted(figures.items()):
-                if key.startswith("compile_s."):
-                    print(f"    {key.removeprefix('compile_s.'):<24} {value:8.2f} s")
-        artifacts = Path(tmp) / "export"
-        warm, result = verdict(artifacts, spec=spec)
-        reused = compile_figures(result)
-        print(
-            f"warm full verdict (no compile): {warm:.1f} s, verdict {'PASSED' if result['passed'] else 'FAILED'}"
-        )
-        print(f"reuse check: compiles on the second run: {0 if reused['compiled'] is False else 1}")
+        for compiler in args.compilers.split(","):
+            print(json.dumps(measure(Path(tmp) / compiler, compiler, args.spec), indent=2))
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    main()

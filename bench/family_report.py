@@ -1,5 +1,5 @@
 """Every bundled spec: full-verdict wall time and outcome, tiny-checkpoint training figures, and the
-golden in bf16 (free-running and teacher-forced). Usage: python bench/family_report.py [spec ...]"""
+golden in bf16 (free-running and teacher-forced). Usage: python -m bench.family_report [spec ...]"""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _runner import REPO, verdict
+from bench._runner import REPO, verdict
 
 
 def stage(result: dict, stage_id: str) -> dict:

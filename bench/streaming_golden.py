@@ -1,18 +1,18 @@
 """Peak memory and wall time of the golden's HF reference, held whole vs streamed one decoder layer at a
-time (``--autoport-golden-streaming``), on a random-weight FP32 Llama of >= 1 GB built here.
+time (``--autoport-golden-streaming``), on a random-weight FP32 Llama built here (2.2 GB by default).
 
 Each path runs in its own child process, which reports its peak RSS (VmHWM) and wall time; a third child
-that only imports the same modules gives the interpreter's own footprint. Printed: a JSON object and one
-markdown table row. The checkpoint lives in a temporary folder this script creates and removes.
+that only imports the same modules gives the interpreter's own footprint. The streaming target: peak RSS
+<= 1.5 x (largest decoder layer + the parameters outside the layers). The checkpoint lives in a
+temporary folder this script creates and removes. Run it alone under ``flock /tmp/bigmem.lock``.
 
-Usage: OMP_NUM_THREADS=2 python bench/streaming_golden.py [--layers 8] [--hidden 2048]
+Usage: python -m bench.streaming_golden [--layers 8] [--hidden 2048]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import re
 import shutil
 import subprocess
 import sys
@@ -20,13 +20,12 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from bench import checkpoints
+from bench._runner import REPO, child_env
+from bench.memory import peak_rss_bytes
+
 LENGTHS = (16, 24, 32)
-
-
-def peak_rss_bytes() -> int:
-    status = Path("/proc/self/status").read_text()
-    return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) * 1024
+TARGET_RATIO = 1.5
 
 
 def child(mode: str, folder: Path, out: Path) -> None:
@@ -55,54 +54,58 @@ def child(mode: str, folder: Path, out: Path) -> None:
     print(json.dumps({"mode": mode, "seconds": round(seconds, 2), "peak_rss_bytes": peak_rss_bytes()}))
 
 
-def build(folder: Path, layers: int, hidden: int) -> None:
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        hidden_size=hidden,
-        intermediate_size=hidden * 11 // 4,
-        num_hidden_layers=layers,
-        num_attention_heads=hidden // 128,
-        num_key_value_heads=hidden // 128,
-        vocab_size=32000,
-        max_position_embeddings=256,
-    )
-    LlamaForCausalLM(config).save_pretrained(folder, max_shard_size="1GB")
-
-
-def sizes(folder: Path) -> dict:
-    """Bytes of the largest decoder layer and of everything outside the layers, from the headers."""
-    from safetensors import safe_open
-
-    per_layer: dict[int, int] = {}
-    outside = 0
-    for path in folder.glob("*.safetensors"):
-        with safe_open(str(path), framework="pt") as f:
-            for key in f.keys():
-                sl = f.get_slice(key)
-                shape = sl.get_shape()
-                count = 1
-                for d in shape:
-                    count *= d
-                nbytes = count * 4  # FP32 checkpoint
-                match = re.match(r"model\.layers\.(\d+)\.", key)
-                if match:
-                    per_layer[int(match.group(1))] = per_layer.get(int(match.group(1)), 0) + nbytes
-                else:
-                    outside += nbytes
-    return {
-        "checkpoint_bytes": sum(per_layer.values()) + outside,
-        "largest_layer_bytes": max(per_layer.values()),
-        "non_layer_bytes": outside,
-    }
-
-
 def run_child(mode: str, folder: Path, out: Path) -> dict:
-    command = [sys.executable, __file__, "--child", mode, str(folder), str(out)]
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=True)
+    command = [sys.executable, "-m", "bench.streaming_golden", "--child", mode, str(folder), str(out)]
+    done = subprocess.run(command, cwd=REPO, env=child_env(), capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def measure(layers: int = 8, hidden: int = 2048) -> dict:
+    """Build the checkpoint, run the three children, compare their logits; the figures."""
+    import torch
+
+    tmp = Path(tempfile.mkdtemp(prefix="autoport-streaming-bench-"))
+    try:
+        folder = tmp / "llama"
+        started = time.perf_counter()
+        checkpoints.build(folder, checkpoints.llama_shape(hidden, layers), tokenizer=False)
+        figures = {"build_s": round(time.perf_counter() - started, 1), **checkpoints.sizes(folder)}
+        runs = {mode: run_child(mode, folder, tmp) for mode in ("imports", "streaming", "whole")}
+        whole, streamed = torch.load(tmp / "whole.pt"), torch.load(tmp / "streaming.pt")
+    finally:
+        shutil.rmtree(tmp)
+    budget = figures["largest_layer_bytes"] + figures["non_layer_bytes"]
+    base = runs["imports"]["peak_rss_bytes"]
+    figures.update(
+        layers=layers,
+        hidden=hidden,
+        sequence_lengths=list(LENGTHS),
+        budget_bytes=budget,
+        interpreter_rss_bytes=base,
+        whole={k: runs["whole"][k] for k in ("seconds", "peak_rss_bytes")},
+        streaming={k: runs["streaming"][k] for k in ("seconds", "peak_rss_bytes")},
+        streaming_ratio_raw=round(runs["streaming"]["peak_rss_bytes"] / budget, 3),
+        streaming_ratio_above_interpreter=round((runs["streaming"]["peak_rss_bytes"] - base) / budget, 3),
+        whole_ratio_above_interpreter=round((runs["whole"]["peak_rss_bytes"] - base) / budget, 3),
+        max_rel_diff=max(((s - w).abs().max() / w.abs().max()).item() for s, w in zip(streamed, whole)),
+    )
+    return figures
+
+
+def table(figures: dict) -> str:
+    gb = 1e9
+    return "\n".join(
+        [
+            "| checkpoint GB | largest layer + non-layer GB | whole: s, peak GB | streaming: s, peak GB "
+            "| streaming peak / budget (above interpreter) | max rel diff |",
+            "|---|---|---|---|---|---|",
+            f"| {figures['checkpoint_bytes'] / gb:.2f} | {figures['budget_bytes'] / gb:.2f} | "
+            f"{figures['whole']['seconds']}, {figures['whole']['peak_rss_bytes'] / gb:.2f} | "
+            f"{figures['streaming']['seconds']}, {figures['streaming']['peak_rss_bytes'] / gb:.2f} | "
+            f"{figures['streaming_ratio_raw']} ({figures['streaming_ratio_above_interpreter']}) | "
+            f"{figures['max_rel_diff']:.2g} |",
+        ]
+    )
 
 
 def main() -> None:
@@ -114,44 +117,9 @@ def main() -> None:
     if args.child:
         child(args.child[0], Path(args.child[1]), Path(args.child[2]))
         return
-    import torch
-
-    tmp = Path(tempfile.mkdtemp(prefix="autoport-streaming-bench-"))
-    try:
-        folder = tmp / "llama"
-        build(folder, args.layers, args.hidden)
-        figures = sizes(folder)
-        runs = {mode: run_child(mode, folder, tmp) for mode in ("imports", "streaming", "whole")}
-        whole, streamed = torch.load(tmp / "whole.pt"), torch.load(tmp / "streaming.pt")
-    finally:
-        shutil.rmtree(tmp)
-    budget = figures["largest_layer_bytes"] + figures["non_layer_bytes"]
-    base = runs["imports"]["peak_rss_bytes"]
-    figures.update(
-        layers=args.layers,
-        hidden=args.hidden,
-        sequence_lengths=list(LENGTHS),
-        interpreter_rss_bytes=base,
-        whole={k: runs["whole"][k] for k in ("seconds", "peak_rss_bytes")},
-        streaming={k: runs["streaming"][k] for k in ("seconds", "peak_rss_bytes")},
-        streaming_ratio_raw=round(runs["streaming"]["peak_rss_bytes"] / budget, 3),
-        streaming_ratio_above_interpreter=round((runs["streaming"]["peak_rss_bytes"] - base) / budget, 3),
-        whole_ratio_above_interpreter=round((runs["whole"]["peak_rss_bytes"] - base) / budget, 3),
-        max_rel_diff=max(((s - w).abs().max() / w.abs().max()).item() for s, w in zip(streamed, whole)),
-    )
+    figures = measure(args.layers, args.hidden)
     print(json.dumps(figures, indent=2))
-    gb = 1e9
-    print(
-        "| checkpoint GB | largest layer + non-layer GB | whole: s, peak GB | streaming: s, peak GB "
-        "| streaming peak / budget (above interpreter) | max rel diff |"
-    )
-    print(
-        f"| {figures['checkpoint_bytes'] / gb:.2f} | {budget / gb:.2f} | "
-        f"{figures['whole']['seconds']}, {figures['whole']['peak_rss_bytes'] / gb:.2f} | "
-        f"{figures['streaming']['seconds']}, {figures['streaming']['peak_rss_bytes'] / gb:.2f} | "
-        f"{figures['streaming_ratio_raw']} ({figures['streaming_ratio_above_interpreter']}) | "
-        f"{figures['max_rel_diff']:.2g} |"
-    )
+    print(table(figures))
 
 
 if __name__ == "__main__":
