@@ -31,7 +31,7 @@ from pytest_autoport.memory_check import (
 from tests.test_decode_parity import KV_ONE_SLOT_OFF
 
 REPO = Path(__file__).resolve().parents[1]
-TIMING = {"cache", "hf_seconds", "hf_model_loaded", "seconds"}
+TIMING = {"cache", "hf_seconds", "hf_model_loaded", "seconds", "spent_s", "spent_before_s"}
 
 
 # -- the cache, on a stand-in session (no HF model) ---------------------------------------------------
@@ -255,6 +255,8 @@ def test_warm_cache_gives_the_same_verdict_without_hf_and_never_hides_a_bug(port
     assert warm["status"] == "passed", warm.get("message")
     assert warm["figures"]["cache"] == "hit" and warm["figures"]["hf_seconds"] == 0.0
     assert warm["figures"]["hf_model_loaded"] is False
+    assert "spent_s" not in warm["figures"]  # nothing loaded for it either
+    assert "loading the FP32 HF reference" in cold["figures"]["spent_s"]
     assert _stable(warm["figures"]) == _stable(cold["figures"])
 
     elsewhere = port_project.root / "elsewhere"
