@@ -48,3 +48,18 @@ def test_graphs_are_loaded_on_first_use_only(tmp_path, monkeypatch):
         pass
     else:
         raise AssertionError("an unknown graph name must raise KeyError")
+
+
+def test_generation_is_timed_with_every_graph_already_read(tmp_path, monkeypatch):
+    """ttft and tokens/s must not include reading a graph from disk."""
+    from types import SimpleNamespace
+
+    from pytest_autoport.targets import torch_target
+
+    result = exported(tmp_path, ["context_encoding_16", "token_generation_32"])
+    graphs = graph_loading.load_exported(tmp_path, result, {}, {})
+    spec = SimpleNamespace(port=SimpleNamespace(batch_size=1, max_seq_len=32))
+    seen = []
+    monkeypatch.setattr(torch_target, "generate", lambda prompts, params, static: seen.append(graphs.loaded))
+    torch_target.TorchCompiledModel(spec, graphs, {}).generate([[1, 2]], None)
+    assert sorted(seen[0]) == ["context_encoding_16", "token_generation_32"]
