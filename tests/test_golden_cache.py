@@ -9,7 +9,6 @@ will not fit, with the figures.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -213,14 +212,10 @@ def test_memory_precheck_refuses_with_the_figures(checkpoint, monkeypatch):
 
 
 def test_session_does_not_load_a_reference_that_will_not_fit(tiny_weights, monkeypatch):
+    from conftest import llama_session
     from pytest_autoport import hf_reference
-    from pytest_autoport.session import AutoportSession, Options
-    from pytest_autoport.spec import load_spec
 
-    spec = load_spec(REPO / "port_specs" / "llama.toml", REPO, check_imports=False)
-    weights = tiny_weights("llama")
-    spec = dataclasses.replace(spec, model=dataclasses.replace(spec.model, weights_path=str(weights)))
-    session = AutoportSession(spec, Options(artifacts_dir=REPO / "unused"))
+    session = llama_session(tiny_weights("llama"))
     monkeypatch.setattr(hf_reference, "load_hf_model", lambda *a, **k: pytest.fail("loaded anyway"))
     monkeypatch.setenv(AVAILABLE_ENV, "1M")
     with pytest.raises(ReferenceTooLarge, match=r"needs about 0\.\d+ GiB \([\d,]+ parameters"):

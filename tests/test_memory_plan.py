@@ -4,7 +4,6 @@ that will not fit in memory refuses with its figures before it starts."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -165,14 +164,10 @@ def test_low_precision_copy_refuses_with_figures(monkeypatch):
 
 
 def test_session_does_not_read_a_checkpoint_that_will_not_fit(tiny_weights, monkeypatch):
+    from conftest import llama_session
     from pytest_autoport import checkpoint
-    from pytest_autoport.session import AutoportSession, Options
-    from pytest_autoport.spec import load_spec
 
-    spec = load_spec(REPO / "port_specs" / "llama.toml", REPO, check_imports=False)
-    weights = tiny_weights("llama")
-    spec = dataclasses.replace(spec, model=dataclasses.replace(spec.model, weights_path=str(weights)))
-    session = AutoportSession(spec, Options(artifacts_dir=REPO / "unused"))
+    session = llama_session(tiny_weights("llama"))
     monkeypatch.setattr(checkpoint, "load_state_dict", lambda *a, **k: pytest.fail("read anyway"))
     monkeypatch.setenv(AVAILABLE_ENV, "1M")
     with pytest.raises(MemoryTooSmall, match=r"needs about 0\.\d+ GiB"):
