@@ -68,16 +68,6 @@ def tiny_weights(tmp_path_factory):
     return get
 
 
-def llama_session(weights: Path):
-    """An ``AutoportSession`` of the bundled Llama spec reading ``weights`` (its port not imported)."""
-    from pytest_autoport.session import AutoportSession, Options
-    from pytest_autoport.spec import load_spec
-
-    spec = load_spec(REPO / "port_specs" / "llama.toml", REPO, check_imports=False)
-    spec = dataclasses.replace(spec, model=dataclasses.replace(spec.model, weights_path=str(weights)))
-    return AutoportSession(spec, Options(artifacts_dir=REPO / "unused"))
-
-
 class PortProject:
     """A throwaway project folder holding the bundled ports and one spec, for running the plugin
     with pytester. Bugs are planted by replacing a snippet of port source."""

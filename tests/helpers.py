@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -53,3 +54,13 @@ def decoder_components(*per_layer: str, layers: int = 2) -> list[str]:
         "norm",
         "lm_head",
     ]
+
+
+def llama_session(weights: Path):
+    """An ``AutoportSession`` of the bundled Llama spec reading ``weights`` (its port not imported)."""
+    from pytest_autoport.session import AutoportSession, Options
+    from pytest_autoport.spec import load_spec
+
+    spec = load_spec(REPO / "port_specs" / "llama.toml", REPO, check_imports=False)
+    spec = dataclasses.replace(spec, model=dataclasses.replace(spec.model, weights_path=str(weights)))
+    return AutoportSession(spec, Options(artifacts_dir=REPO / "unused"))

@@ -212,8 +212,8 @@ def test_memory_precheck_refuses_with_the_figures(checkpoint, monkeypatch):
 
 
 def test_session_does_not_load_a_reference_that_will_not_fit(tiny_weights, monkeypatch):
-    from conftest import llama_session
     from pytest_autoport import hf_reference
+    from tests.helpers import llama_session
 
     session = llama_session(tiny_weights("llama"))
     monkeypatch.setattr(hf_reference, "load_hf_model", lambda *a, **k: pytest.fail("loaded anyway"))

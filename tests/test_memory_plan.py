@@ -164,8 +164,8 @@ def test_low_precision_copy_refuses_with_figures(monkeypatch):
 
 
 def test_session_does_not_read_a_checkpoint_that_will_not_fit(tiny_weights, monkeypatch):
-    from conftest import llama_session
     from pytest_autoport import checkpoint
+    from tests.helpers import llama_session
 
     session = llama_session(tiny_weights("llama"))
     monkeypatch.setattr(checkpoint, "load_state_dict", lambda *a, **k: pytest.fail("read anyway"))
