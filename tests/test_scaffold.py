@@ -23,6 +23,8 @@ YARN = {"deepseek", "gpt_oss"}
 
 
 def _bundled() -> dict[str, tuple[str, dict]]:
+    from transformers import AutoConfig
+
     from pytest_autoport.spec import load_spec
     from pytest_autoport.spec_checks import HARNESS_TINY_KEYS
 
@@ -30,7 +32,10 @@ def _bundled() -> dict[str, tuple[str, dict]]:
     for path in bundled_specs():
         spec = load_spec(path, REPO, check_imports=False)
         if spec.port.target == "torch" and spec.model.name != "llama_int8":
-            tiny = {k: v for k, v in spec.tiny.items() if k not in HARNESS_TINY_KEYS}
+            known = AutoConfig.for_model(spec.tiny["model_type"])
+            # keys of the bundled spec that the installed config reads (GPT-OSS's swiglu_limit is read by
+            # the bundled port, not by transformers 4.57's config, nor by a scaffolded skeleton)
+            tiny = {k: v for k, v in spec.tiny.items() if k not in HARNESS_TINY_KEYS and hasattr(known, k)}
             out[spec.model.name] = (spec.tiny["model_type"], tiny)
     return out
 

@@ -46,14 +46,8 @@ def rope_for(config, layer_type) -> tuple[float, dict]:
 
 def rotary_embedding(config, layer_type, head_dim) -> RotaryEmbedding:
     theta, params = rope_for(config, layer_type)
-    rope_type = params.get("rope_type", params.get("type", "default"))
-    if rope_type == "default":
-        return RotaryEmbedding(head_dim, theta)
-    if rope_type == "linear":  # positions divided by the factor, i.e. every frequency divided by it
-        rotary = RotaryEmbedding(head_dim, theta)
-        rotary.inv_freq.div_(params["factor"])
-        return rotary
-    return RotaryEmbedding(head_dim, theta, params)
+    scaled = params.get("rope_type", params.get("type", "default")) != "default"
+    return RotaryEmbedding(head_dim, theta, params if scaled else None)
 
 
 class NeuronGemma3ScaledWordEmbedding(nn.Embedding):

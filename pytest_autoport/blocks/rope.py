@@ -32,9 +32,19 @@ def hf_rope_settings(config) -> dict:
     return settings
 
 
-def rope_parameters(config) -> tuple[float, dict | None]:
-    """(theta, scaling) from an HF config as the installed transformers reads it (None: no scaling)."""
+def rope_parameters(config, layer_type: str | None = None) -> tuple[float, dict | None]:
+    """(theta, scaling) from an HF config as the installed transformers reads it (None: no scaling).
+    A config with settings per kind of layer (Gemma 3 on transformers 5: ``{"full_attention": {...},
+    "sliding_attention": {...}}``) needs ``layer_type``; a config with one setting ignores it."""
     params = hf_rope_settings(config)
+    per_type = {k: v for k, v in params.items() if isinstance(v, dict)}
+    if per_type:
+        if layer_type not in per_type:
+            raise ValueError(
+                f"{type(config).__name__} has RoPE settings per layer type ({', '.join(sorted(per_type))}): "
+                f"pass one of them as layer_type (got {layer_type!r})"
+            )
+        params = per_type[layer_type]
     theta = params.get("rope_theta", getattr(config, "rope_theta", 10000.0))
     scaling = params if params.get("rope_type", params.get("type", "default")) != "default" else None
     return float(theta), scaling
@@ -48,9 +58,12 @@ class RotaryEmbedding(nn.Module):
         inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
         if scaling is not None:
             rope_type = scaling.get("rope_type", scaling.get("type"))
-            if rope_type != "llama3":
+            if rope_type == "llama3":
+                inv_freq = _llama3_scaled(inv_freq, scaling)
+            elif rope_type == "linear":  # positions divided by the factor: every frequency divided by it
+                inv_freq = inv_freq / scaling["factor"]
+            else:
                 raise NotImplementedError(f"RoPE scaling type {rope_type!r} is not supported by this port")
-            inv_freq = _llama3_scaled(inv_freq, scaling)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
     def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
