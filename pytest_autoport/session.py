@@ -16,6 +16,7 @@ from .shared_steps import shared_step
 from .spec import PortSpec
 from .time_spent import TimeSpent
 
+PROBE_FILL = 128  # tokens the probe fills at most by repeating the prompts (captures stay small)
 ANNOUNCED_LOAD_BYTES = 256 * 2**20  # a smaller FP32 reference loads in a blink: not announced
 DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 
@@ -183,11 +184,17 @@ class AutoportSession:
 
     @cached_property
     def probe_ids(self):
-        """The input of the component and model checks: the prompts joined, cut to the largest bucket."""
+        """The input of the component and model checks: the prompts joined, repeated until they fill the
+        largest context bucket (up to PROBE_FILL tokens), so every cache slot of a small model's buckets is
+        written and read; cut to the largest bucket."""
         import torch
 
-        ids = self.tokenizer(" ".join(self.spec.validation.prompts))["input_ids"]
-        return torch.tensor([ids[: self.spec.port.context_bucket_list[-1]]])
+        prompts = self.spec.validation.prompts
+        ids = self.tokenizer(" ".join(prompts))["input_ids"]
+        length = min(self.spec.port.context_bucket_list[-1], max(len(ids), PROBE_FILL))
+        if ids and len(ids) < length:
+            ids = self.tokenizer(" ".join(prompts * (length // len(ids) + 1)))["input_ids"]
+        return torch.tensor([ids[:length]])
 
     @property
     def is_encoder_decoder(self) -> bool:

@@ -14,6 +14,7 @@ from ..errors import AutoportError, StageFailure
 from ..hf_reference import cast_floats, first_tensor, hidden_input
 from ..output_forms import align
 from ..router_taps import RouterTaps, near_tie_note
+from .component_epsilon import run_epsilon_probe
 from .component_probes import run_probes
 
 
@@ -52,7 +53,9 @@ def run(session, component, layer, dtype=None) -> dict:
         with session.own_modules_only(session.port):
             actual = first_tensor(session.target.run_component(module, component.call_kind, inputs))
         actual, figures, where = _in_hf_form(component, actual, capture.output, figures, where)
-        return {**figures, **check_fp32(actual, capture.output, where, plot)}
+        checked = check_fp32(actual, capture.output, where, plot)
+        epsilon = run_epsilon_probe(session, component, layer, where, module, inputs, capture, _call_hf)
+        return {**figures, **checked, **epsilon}
 
     lp = getattr(torch, dtype)
     hidden = hidden_input(capture)

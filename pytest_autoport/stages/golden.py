@@ -1,6 +1,8 @@
 """Stage ``golden``: the compiled port against the FP32 HuggingFace golden.
 
 token mode (default): free-running greedy match >= threshold; teacher-forced match reported beside it.
+Every mode: scoring parity, the teacher-forced logits (one context-encoding pass of prompt + golden
+continuation) against HF's at every scored position (see golden_scoring.py).
 logit mode: NxD Inference style top-k logit check on the token-generation logits (calibrated to the
 dtype by default, NxDI's fixed tolerances with --autoport-logit-tolerance=nxdi).
 all: both gates.
@@ -19,6 +21,7 @@ from ..errors import StageFailure
 from ..numerics_tokens import teacher_forced_match, token_match
 from .golden_decode import decode_parity, logit_figures
 from .golden_reference import reference_figures, reference_note, streamed_windows, streaming
+from .golden_scoring import scoring_parity
 
 
 def run(session) -> dict:
@@ -72,6 +75,9 @@ def run(session) -> dict:
                 "teacher-forced scoring (one context-encoding pass) agrees with the golden: the fault is in "
                 "the token-generation path (KV-cache writes, decode positions, token-generation buckets)"
             )
+    figures["scoring_parity"], scoring_problem = scoring_parity(session, scored, golden_logits, port_logits)
+    if scoring_problem:
+        problems.append(reference_note(session) + scoring_problem)
     figures["decode_parity"], decode_problem, decode_run = decode_parity(session, scored, golden_logits)
     if decode_problem:
         problems.append(reference_note(session) + decode_problem)

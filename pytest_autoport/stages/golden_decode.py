@@ -44,14 +44,18 @@ def run_decode(session, golden: list[list[int]], hf_fp32: list[torch.Tensor]) ->
     if not hasattr(compiled, "decode_teacher_forced"):
         return None
     forced = compiled.decode_teacher_forced(session.prompt_ids, golden)
-    hf_lp = None
-    if low_precision(session):
-        hf_lp = (
-            streamed_windows(session, golden, session.lp_dtype)
-            if streaming(session)
-            else session.golden_reference.logits_lp
-        )
-    return DecodeRun(forced.logits, hf_fp32, hf_lp, forced.graphs, forced.positions)
+    return DecodeRun(
+        forced.logits, hf_fp32, hf_low_precision(session, golden), forced.graphs, forced.positions
+    )
+
+
+def hf_low_precision(session, golden: list[list[int]]) -> list[torch.Tensor] | None:
+    """HF's logits in the port's low precision predicting each ``golden`` token (None for an FP32 port)."""
+    if not low_precision(session):
+        return None
+    if streaming(session):
+        return streamed_windows(session, golden, session.lp_dtype)
+    return session.golden_reference.logits_lp
 
 
 def decode_parity(session, golden: list[list[int]], hf_fp32: list[torch.Tensor]):
