@@ -11,6 +11,7 @@ from pytest_autoport.degeneracy import find_degeneracy
 from pytest_autoport.errors import StageFailure
 from pytest_autoport.generation import SamplingParams, choose_next, generate
 from tests.helpers import fake_static_graphs
+from tests.test_decode_parity import ROPE_IGNORES_DECODE_POSITIONS
 
 VOCAB = 11
 
@@ -158,3 +159,21 @@ def test_junit_xml_carries_stage_figures(llama_verdict):  # run with --junitxml=
         f"autoport.{key}": str(value) for key, value in figures.items()
     }
     assert properties["autoport-stage"] == "generate"
+
+
+def test_degenerate_output_that_hf_shares_is_a_warning_and_one_it_does_not_fails(make_project):
+    """Output HF's own greedy continuation repeats the same way is the checkpoint's behaviour: generate
+    passes and says so; a port whose output degenerates where HF's does not still fails."""
+    project = make_project("llama")
+    # every 2-gram counts as repeated: HF's greedy output and the port's are both "degenerate"
+    project.spec.write_text(project.spec.read_text() + "\n[generation]\nmax_ngram_repeats = 0\n")
+    project.run("-k", "generate or golden", "--autoport-dtype=float32")
+    generate = project.stage("generate")
+    assert generate["status"] == "passed", generate.get("message")
+    warning = generate["figures"]["warning"]
+    assert warning.count("as HF's own greedy output for it: the checkpoint's behaviour") == 3
+    project.replace(*ROPE_IGNORES_DECODE_POSITIONS, what="RoPE ignores positions in token generation")
+    project.run("-k", "generate", "--autoport-dtype=float32")
+    generate = project.stage("generate")
+    assert generate["status"] == "failed"
+    assert "degenerate output" in generate["message"] and "HF's greedy output is not this" in generate["message"]
