@@ -137,6 +137,33 @@ def test_port_sources_follow_imports_into_sibling_packages(tmp_path):
     assert {"llama", "blocks"} <= {p.parent.name for p in port_sources(repo_int8)}
 
 
+def test_port_sources_follow_imports_into_the_projects_own_modules(tmp_path):
+    """A helper the port imports from the project's root (a package or a module beside neuron_port/)
+    is hashed: editing it recompiles, as editing the port does; other ports and the harness are not."""
+    from pytest_autoport.stages.compile import port_sources
+
+    files = {
+        "neuron_port/mine/modeling.py": "import mylib.cache_utils\nfrom helpers import f\nimport neuron_port\n",
+        "neuron_port/other/modeling.py": "",
+        "mylib/__init__.py": "",
+        "mylib/cache_utils.py": "from mylib import deeper\n",
+        "mylib/deeper.py": "",
+        "helpers.py": "import torch\n",
+        "unused.py": "",
+    }
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    found = {str(p.relative_to(tmp_path)) for p in port_sources(tmp_path / "neuron_port" / "mine", tmp_path)}
+    assert found == {
+        "neuron_port/mine/modeling.py",
+        "mylib/__init__.py",
+        "mylib/cache_utils.py",
+        "mylib/deeper.py",
+        "helpers.py",
+    }
+
+
 def test_port_sources_hash_the_blocks_the_port_imports_where_they_are_found(tmp_path, monkeypatch):
     """The blocks ship with the harness, outside the project; an overriding copy replaces them."""
     from pytest_autoport import blocks

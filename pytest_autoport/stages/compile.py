@@ -18,7 +18,7 @@ CHECKSUM_CACHE = "checkpoint_checksums.json"
 def key_inputs(session) -> dict:
     """Everything that changes a compiled artifact. Leaving one out means reusing stale graphs."""
     spec = session.spec
-    sources = port_sources(spec.port_class_file.parent)
+    sources = port_sources(spec.port_class_file.parent, spec.project_root)
     return {
         "spec": spec.name,
         "spec_sha256": hashlib.sha256(spec.path.read_bytes()).hexdigest(),
@@ -53,22 +53,55 @@ def harness_fingerprint() -> dict:
     return {"version": __version__, "sources_sha256": digest.hexdigest()}
 
 
-def port_sources(port_dir: Path) -> list[Path]:
+def port_sources(port_dir: Path, project_root: Path | None = None) -> list[Path]:
     """The port package's files, those of every sibling package it imports, directly or through
-    another (a port built on another port such as int8 on llama), and the harness's building blocks
-    (``pytest_autoport.blocks``, wherever they are found) when any of those files imports them."""
+    another (a port built on another port such as int8 on llama), the modules and packages of the
+    project (``project_root``: ``mylib/``, ``helpers.py``) that any of those files imports, and the
+    harness's building blocks (``pytest_autoport.blocks``, wherever they are found) when any of those
+    files imports them."""
     root = port_dir.parent
-    packages, todo, uses_blocks = set(), [port_dir], False
+    packages, modules, todo, uses_blocks = set(), set(), [port_dir], False
     while todo:
         package = todo.pop()
-        if package in packages or not package.is_dir():
+        if package in packages or package in modules:
             continue
-        packages.add(package)
-        for file in _python_files(package):
+        if package.is_file():
+            modules.add(package)
+            files = [package]
+        elif package.is_dir():
+            packages.add(package)
+            files = _python_files(package)
+        else:
+            continue
+        for file in files:
             uses_blocks = uses_blocks or _imports_blocks(file)
             todo += (root / name for name in _sibling_imports(file, root))
-    files = [file for package in packages for file in _python_files(package)]
-    return sorted(files + (list(_blocks_files().values()) if uses_blocks else []))
+            if project_root is not None:
+                todo += (p for p in _project_imports(file, project_root) if p.resolve() != root.resolve())
+    files = [file for package in packages for file in _python_files(package)] + sorted(modules)
+    return sorted(set(files + (list(_blocks_files().values()) if uses_blocks else [])))
+
+
+def _project_imports(file: Path, project_root: Path) -> list[Path]:
+    """The folders and ``.py`` files at the project's root that ``file`` imports absolutely (not the
+    harness itself: its blocks are hashed where they are found, the rest is in the harness fingerprint)."""
+    try:
+        tree = ast.parse(file.read_bytes(), filename=str(file))
+    except SyntaxError:
+        return []
+    heads = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            heads.update(alias.name.partition(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            heads.add(node.module.partition(".")[0])
+    harness = Path(__file__).resolve().parents[1]
+    found = []
+    for head in sorted(heads):
+        for candidate in (project_root / head, project_root / f"{head}.py"):
+            if candidate.exists() and candidate.resolve() != harness:
+                found.append(candidate)
+    return found
 
 
 def _blocks_dirs() -> list[Path]:

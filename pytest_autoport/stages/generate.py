@@ -38,7 +38,11 @@ def run(session) -> dict:
         else:
             problems.append(
                 f"prompt {i}: degenerate output ({issue}): {texts[i]!r}"
-                + ("" if result.sampling != "greedy" or streaming(session) else "; HF's greedy output is not this")
+                + (
+                    ""
+                    if result.sampling != "greedy" or streaming(session)
+                    else "; HF's greedy output is not this"
+                )
             )
     if like_hf:
         figures["warning"] = "\n".join(like_hf)

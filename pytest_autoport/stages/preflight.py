@@ -12,7 +12,9 @@ def run(session) -> dict:
 
     spec = session.spec
     report = analyze(session.hf_config)
-    text = "\n".join(p.read_text(errors="replace") for p in port_sources(spec.port_class_file.parent))
+    text = "\n".join(
+        p.read_text(errors="replace") for p in port_sources(spec.port_class_file.parent, spec.project_root)
+    )
     p = spec.port
     problems = preflight(report, p.tp_degree, p.max_seq_len, text, session.hf_config, p.ep_degree)
     a = report["attention"]
