@@ -216,7 +216,12 @@ def partial_text(verdict: Verdict) -> str:
     """Why a partial verdict is partial ("" for a full one)."""
     if not verdict.partial:
         return ""
-    if selection_is_partial(verdict.selection) or verdict.outcome != "cpu-only":
+    if selection_is_partial(verdict.selection):
+        return f"partial run: {selection_text(verdict.selection)}"
+    if verdict.layers is not None:
+        judged = layers_text(verdict.layers["judged"], verdict.layers.get("total"))
+        return f"partial verdict: {judged} judged (reduced-layer mode), not the whole model"
+    if verdict.outcome != "cpu-only":
         return f"partial run: {selection_text(verdict.selection)}"
     return "partial verdict: the stages this machine cannot run were skipped"
 

@@ -122,8 +122,11 @@ class VerdictReporter:
         judged = self.state.option("autoport_layers")
         if judged is not None and verdict.layers is None:  # the weights stage did not run: count them here
             verdict.layers = {"judged": judged, "total": _total_layers(self.state)}
-        # a cpu-only verdict is partial too: <model>.json holds only verdicts that ran every stage
-        verdict.partial = selection_is_partial(verdict.selection) or verdict.outcome == "cpu-only"
+        # a cpu-only verdict, or one of the first N layers, is partial too: <model>.json holds only
+        # verdicts that ran every stage on the whole model
+        verdict.partial = (
+            selection_is_partial(verdict.selection) or verdict.outcome == "cpu-only" or verdict.layers is not None
+        )
         try:
             self.outputs = write_outputs(verdict, self.state.artifacts_dir)
             self.html = write_html_report(verdict.to_dict(), report_path(self.outputs[0]))

@@ -176,4 +176,6 @@ def test_degenerate_output_that_hf_shares_is_a_warning_and_one_it_does_not_fails
     project.run("-k", "generate", "--autoport-dtype=float32")
     generate = project.stage("generate")
     assert generate["status"] == "failed"
-    assert "degenerate output" in generate["message"] and "HF's greedy output is not this" in generate["message"]
+    assert (
+        "degenerate output" in generate["message"] and "HF's greedy output is not this" in generate["message"]
+    )

@@ -96,6 +96,10 @@ def test_reduced_layers_judge_the_first_layers_end_to_end(four_layer_project):
     assert result.ret == 0, result.stdout.str()[-3000:]
     data = project.results()
     assert data["passed"] is True and data["layers"] == {"judged": 2, "total": 4}
+    # not the whole model: a CI gate reading <model>.json never sees it as a full verdict
+    assert data["partial"] is True
+    results = project.root / "agent_artifacts" / "results"
+    assert (results / "llama.partial.json").exists() and not (results / "llama.json").exists()
     ids = [s["id"] for s in data["stages"]]
     assert "component[mlp-layer1]" in ids and not any("layer2" in i or "layer3" in i for i in ids)
     assert {"compile", "generate", "golden"} <= set(ids)
@@ -109,7 +113,8 @@ def test_reduced_layers_judge_the_first_layers_end_to_end(four_layer_project):
     result.stdout.fnmatch_lines(
         [
             "*reduced-layer mode: the first 2 decoder layers only*",
-            "verdict: PASSED (llama, target torch, * weights, first 2 of 4 layers)",
+            "verdict: PARTIAL, PASSED (llama, target torch, * weights, first 2 of 4 layers)",
+            "partial verdict: first 2 of 4 layers judged (reduced-layer mode), not the whole model; the full verdict*",
         ]
     )
 
