@@ -385,7 +385,13 @@ class AutoportSession:
         if hasattr(self.target, "conversion"):  # the target's loader steps around the port's conversion
             convert = self.target.conversion(port, convert)
         hf_state, port_state = self.target.mapping_view(port, self.hf_state_dict)
-        return check_mapping(convert, hf_state, port.config, port_state), port
+        # the torch target loads the port's own state dict: a buffer the port computes may stay as built
+        buffers = (
+            frozenset(name for name, _ in port.named_buffers())
+            if self.target_name == "torch"
+            else frozenset()
+        )
+        return check_mapping(convert, hf_state, port.config, port_state, buffers), port
 
     @shared_step("converted-weight load")
     def port(self):

@@ -125,7 +125,9 @@ class VerdictReporter:
         # a cpu-only verdict, or one of the first N layers, is partial too: <model>.json holds only
         # verdicts that ran every stage on the whole model
         verdict.partial = (
-            selection_is_partial(verdict.selection) or verdict.outcome == "cpu-only" or verdict.layers is not None
+            selection_is_partial(verdict.selection)
+            or verdict.outcome == "cpu-only"
+            or verdict.layers is not None
         )
         try:
             self.outputs = write_outputs(verdict, self.state.artifacts_dir)

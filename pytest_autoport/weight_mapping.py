@@ -47,6 +47,7 @@ class MappingReport:
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     mismatched: list[str] = field(default_factory=list)  # "key: port [a, b] vs converted [c, d]"
+    kept_buffers: list[str] = field(default_factory=list)  # port buffers left as the port built them
 
     @property
     def ok(self) -> bool:
@@ -60,6 +61,7 @@ class MappingReport:
             "missing": len(self.missing),
             "unexpected": len(self.unexpected),
             "shape_mismatches": len(self.mismatched),
+            **({"kept_buffers": self.kept_buffers} if self.kept_buffers else {}),
         }
 
     def message(self) -> str:
@@ -82,11 +84,15 @@ def storage_id(tensor: torch.Tensor) -> int:
     return tensor.untyped_storage().data_ptr()
 
 
-def check_mapping(convert, hf_state: dict, config, port_state: dict) -> MappingReport:
+def check_mapping(
+    convert, hf_state: dict, config, port_state: dict, buffers: frozenset[str] = frozenset()
+) -> MappingReport:
     """Run ``convert(hf_state, config)`` and check its output against the port's own state dict.
 
     An HF tensor counts as used when a converted tensor shares its storage (a rename or a view).
     Conversions that compute new tensors (fusing, transposing) are credited with every key they read.
+    A port buffer in ``buffers`` (persistent: RoPE tables the port computes) that the conversion does
+    not fill keeps the value the port built it with (``kept_buffers``, also in ``converted``).
     """
     tracker = ReadTracker(hf_state)
     try:
@@ -106,11 +112,14 @@ def check_mapping(convert, hf_state: dict, config, port_state: dict) -> MappingR
             report.unused_hf.append(key)
 
     for key, target in port_state.items():
-        if key not in report.converted:
+        if key not in report.converted and key in buffers:
+            report.kept_buffers.append(key)
+        elif key not in report.converted:
             report.missing.append(key)
         elif tuple(report.converted[key].shape) != tuple(target.shape):
             report.mismatched.append(
                 f"{key}: port {list(target.shape)} vs converted {list(report.converted[key].shape)}"
             )
     report.unexpected = [key for key in report.converted if key not in port_state]
+    report.converted.update((key, port_state[key]) for key in report.kept_buffers)
     return report
