@@ -76,3 +76,24 @@ def test_settings_per_layer_type_need_the_layer_type():
     assert rope_parameters(config, "sliding_attention") == (10000.0, None)
     theta, scaling = rope_parameters(config, "full_attention")
     assert theta == 1000000.0 and scaling["factor"] == 8.0
+
+
+def test_partial_rotation_is_read_where_transformers_reads_it():
+    from types import SimpleNamespace
+
+    from transformers import Phi3Config
+
+    from pytest_autoport.blocks.rope import partial_rotary_factor
+
+    assert partial_rotary_factor(Phi3Config(partial_rotary_factor=0.5)) == 0.5
+    assert partial_rotary_factor(Phi3Config()) == 1.0
+    import transformers
+
+    if int(transformers.__version__.split(".")[0]) >= 5:
+        # a transformers 5 config.json holds it in rope_parameters only
+        only_rope = SimpleNamespace(
+            rope_parameters={"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.25}
+        )
+        assert partial_rotary_factor(only_rope) == 0.25
+    else:
+        assert partial_rotary_factor(SimpleNamespace(partial_rotary_factor=0.25, rope_scaling=None)) == 0.25

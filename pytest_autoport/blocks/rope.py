@@ -32,22 +32,38 @@ def hf_rope_settings(config) -> dict:
     return settings
 
 
-def rope_parameters(config, layer_type: str | None = None) -> tuple[float, dict | None]:
-    """(theta, scaling) from an HF config as the installed transformers reads it (None: no scaling).
-    A config with settings per kind of layer (Gemma 3 on transformers 5: ``{"full_attention": {...},
-    "sliding_attention": {...}}``) needs ``layer_type``; a config with one setting ignores it."""
+def rope_settings(config, layer_type: str | None = None) -> dict:
+    """``hf_rope_settings`` of one kind of layer. A config with settings per kind of layer (Gemma 3 on
+    transformers 5: ``{"full_attention": {...}, "sliding_attention": {...}}``) needs ``layer_type``; a
+    config with one setting ignores it."""
     params = hf_rope_settings(config)
     per_type = {k: v for k, v in params.items() if isinstance(v, dict)}
-    if per_type:
-        if layer_type not in per_type:
-            raise ValueError(
-                f"{type(config).__name__} has RoPE settings per layer type ({', '.join(sorted(per_type))}): "
-                f"pass one of them as layer_type (got {layer_type!r})"
-            )
-        params = per_type[layer_type]
+    if not per_type:
+        return params
+    if layer_type not in per_type:
+        raise ValueError(
+            f"{type(config).__name__} has RoPE settings per layer type ({', '.join(sorted(per_type))}): "
+            f"pass one of them as layer_type (got {layer_type!r})"
+        )
+    return per_type[layer_type]
+
+
+def rope_parameters(config, layer_type: str | None = None) -> tuple[float, dict | None]:
+    """(theta, scaling) from an HF config as the installed transformers reads it (None: no scaling);
+    ``layer_type`` as for ``rope_settings``."""
+    params = rope_settings(config, layer_type)
     theta = params.get("rope_theta", getattr(config, "rope_theta", 10000.0))
     scaling = params if params.get("rope_type", params.get("type", "default")) != "default" else None
     return float(theta), scaling
+
+
+def partial_rotary_factor(config, layer_type: str | None = None) -> float:
+    """The share of each head that rotates, where the installed transformers reads it: the RoPE
+    settings from 5.0 on (Phi-3), the config attribute before."""
+    factor = rope_settings(config, layer_type).get("partial_rotary_factor")
+    if factor is None:
+        factor = getattr(config, "partial_rotary_factor", None)
+    return float(factor or 1.0)
 
 
 class RotaryEmbedding(nn.Module):
