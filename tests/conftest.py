@@ -24,6 +24,11 @@ PLANTED_BUGS = {
         "theta, scaling = rope_parameters(config)",
         "theta, scaling = 10000.0, None",
     ),
+    "rope_scaling_dropped": (  # the base kept, Llama 3's frequency scaling left out
+        "llama/modeling_llama.py",
+        "theta, scaling = rope_parameters(config)",
+        "theta, scaling = rope_parameters(config)[0], None",
+    ),
     "swapped_gate_up": (
         "llama/modeling_llama.py",
         "F.silu(self.gate_proj(x)) * self.up_proj(x)",

@@ -48,6 +48,12 @@ BOTH_LAYERS = ("decoder_layer-layer0", "decoder_layer-layer1")
             in_both_dtypes("attention-layer0", "attention-layer1", *BOTH_LAYERS),
         ),
         (
+            "rope_scaling_dropped",
+            "attention-layer0",
+            "model.layers.0.self_attn",
+            in_both_dtypes("attention-layer0", "attention-layer1", *BOTH_LAYERS),
+        ),
+        (
             "swapped_gate_up",
             "mlp-layer0",
             "model.layers.0.mlp",
@@ -68,7 +74,13 @@ BOTH_LAYERS = ("decoder_layer-layer0", "decoder_layer-layer1")
             ),
         ),
     ],
-    ids=["rope_theta", "swapped_gate_up", "missing_residual", "layernorm_for_rmsnorm"],
+    ids=[
+        "rope_theta",
+        "rope_scaling_dropped",
+        "swapped_gate_up",
+        "missing_residual",
+        "layernorm_for_rmsnorm",
+    ],
 )
 def test_planted_logic_bug_fails_at_its_component(port_project, bug, failing, first_divergent, every_failure):
     port_project.plant(bug)
@@ -80,17 +92,18 @@ def test_planted_logic_bug_fails_at_its_component(port_project, bug, failing, fi
         failing_exactly=every_failure,
     )
     cause = {"rope_theta": "attention_and_rope", "swapped_gate_up": "mlp_and_fused_weights"}
+    cause["rope_scaling_dropped"] = "attention_and_rope"
     cause.update(missing_residual="accuracy_debugging", layernorm_for_rmsnorm="norms")
     message = port_project.stage(f"component[{failing}]")["message"]
     assert "likely cause: " in message and message.endswith(f"(kb/{cause[bug]}.md)")
     # the decoder layer around the bug: its message alone says "decoder layer"; the RoPE bug's error
     # growing with position names attention (a metric signature), the others' flat error does not
-    around = "attention_and_rope" if bug == "rope_theta" else "accuracy_debugging"
+    around = "attention_and_rope" if bug.startswith("rope_") else "accuracy_debugging"
     for dtype in ("", "-bfloat16"):
         layer = port_project.stage(f"component[decoder_layer-layer0{dtype}]")
         assert layer["message"].endswith(f"(kb/{around}.md)"), layer["message"]
         assert layer["figures"]["likely_cause"]["file"] == f"kb/{around}.md"
-    if bug == "rope_theta":
+    if bug.startswith("rope_"):
         assert "the error grows with position" in layer["message"]
         assert layer["figures"]["position_growth"] >= 4 and layer["figures"]["position_error"][0] < 1.5
     assert "prerequisite stage model did not pass" in port_project.stage("compile")["message"]
