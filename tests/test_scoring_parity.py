@@ -37,6 +37,7 @@ def test_context_encoding_bug_past_the_prompts_fails_scoring_parity(port_project
         f"first divergent position: prompt {first['prompt']} new token {first['step']} at position "
         f"{first['position']} ({first['tokens_scored']} tokens scored through context_encoding_64)"
     ) in golden["message"]
+    assert golden["message"].endswith("(kb/kv_cache_and_decoding.md)")
 
 
 def test_correct_port_passes_scoring_parity_at_every_position(port_project):
