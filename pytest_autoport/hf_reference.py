@@ -214,3 +214,23 @@ def _has_submodule(model, path: str) -> bool:
     except AttributeError:
         return False
     return True
+
+
+# tensors of older checkpoints that transformers drops on load for every model with RoPE tables or
+# position-id buffers (they became non-persistent buffers)
+LEGACY_BUFFER_KEYS = (r"rotary_emb\.inv_freq$", r"(^|\.)position_ids$")
+
+
+def hf_ignored_keys(hf_model_class: str):
+    """``ignored(key) -> bool``: whether transformers, loading the checkpoint into ``hf_model_class``,
+    drops ``key`` without a word (the class's ``_keys_to_ignore_on_load_unexpected``, legacy buffers)."""
+    import re
+
+    import transformers
+
+    patterns = set(LEGACY_BUFFER_KEYS)
+    patterns.update(
+        getattr(getattr(transformers, hf_model_class, None), "_keys_to_ignore_on_load_unexpected", None) or ()
+    )
+    regex = re.compile("|".join(f"(?:{p})" for p in sorted(patterns)))
+    return lambda key: regex.search(key) is not None

@@ -165,14 +165,18 @@ class AutoportSession:
     @shared_step("HF checkpoint read")
     def hf_state_dict(self) -> dict:
         from .checkpoint import load_state_dict
+        from .hf_reference import hf_ignored_keys
         from .memory_check import check_checkpoint_read_fits
 
         check_checkpoint_read_fits(self.weights.path, self.later_layer_keys)
         left_out: list[str] = []
+        self.hf_keys_ignored: list[str] = []
+        ignored_by_hf = hf_ignored_keys(self.spec.model.hf_model_class)
 
         def leave_out(keys):
             left_out.extend(self.later_layer_keys(keys))
-            return left_out
+            self.hf_keys_ignored.extend(k for k in keys if ignored_by_hf(k))
+            return left_out + self.hf_keys_ignored
 
         state = load_state_dict(self.weights.path, leave_out)
         self.layer_keys_left_out = left_out

@@ -45,3 +45,26 @@ def test_a_port_with_persistent_rope_tables_passes(port_project):
     assert set(statuses.values()) == {"passed"}, statuses
     kept = port_project.stage("weights")["figures"]["kept_buffers"]
     assert kept == [f"model.layers.{i}.self_attn.rotary.inv_freq" for i in (0, 1)]
+
+
+def test_checkpoint_tensors_transformers_drops_on_load_are_left_out(port_project, tiny_weights):
+    """An older checkpoint's per-layer ``rotary_emb.inv_freq`` tensors: transformers drops them on load,
+    so the weights stage leaves them out of the mapping too, and lists them."""
+    import re
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    folder = port_project.root / "old_checkpoint"
+    shutil.copytree(tiny_weights("llama"), folder)
+    (folder / "autoport_tiny.json").unlink()  # the user's own checkpoint now
+    state = load_file(folder / "model.safetensors")
+    state["model.layers.0.self_attn.rotary_emb.inv_freq"] = torch.ones(8)
+    save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
+    port_project.spec.write_text(
+        re.sub(r'weights_path = ".*"', f'weights_path = "{folder}"', port_project.spec.read_text())
+    )
+    port_project.run("-k", "weights", "--autoport-dtype=float32")
+    weights = port_project.stage("weights")
+    assert weights["status"] == "passed", weights.get("message")
+    assert weights["figures"]["hf_keys_ignored"] == ["model.layers.0.self_attn.rotary_emb.inv_freq"]

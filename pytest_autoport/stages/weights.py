@@ -16,6 +16,8 @@ def run(session) -> dict:
     with figures_on_error(figures):
         report, port = session.mapping
     figures.update(report.figures(len(session.hf_state_dict), len(port.state_dict())))
+    if session.hf_keys_ignored:  # as transformers drops them on load
+        figures["hf_keys_ignored"] = session.hf_keys_ignored
     if session.layers_record is not None:  # reduced-layer mode: the later layers' tensors, unused by design
         figures["layers"] = session.layers_record
         figures["hf_tensors_left_out"] = len(session.layer_keys_left_out)
