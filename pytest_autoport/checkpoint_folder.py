@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "model.safetensors.index.json")
+WEIGHT_PATTERNS = ("*.safetensors", "model.safetensors.index.json")  # what the harness reads
 # any one of these makes a tokenizer transformers can load (given its backend package)
 TOKENIZER_FILES = (
     "tokenizer.json",  # fast tokenizer (tokenizers)
@@ -26,7 +26,13 @@ def missing_files(folder: Path) -> list[str]:
     if not (folder / "config.json").is_file():
         missing.append("config.json")
     if not any(any(folder.glob(pattern)) for pattern in WEIGHT_PATTERNS):
-        missing.append("weights (*.safetensors or pytorch_model*.bin)")
+        if any(folder.glob("pytorch_model*.bin")):
+            missing.append(
+                "safetensors weights (it holds pytorch_model*.bin, which the harness does not read: convert "
+                "with from_pretrained(folder) then save_pretrained(folder, safe_serialization=True))"
+            )
+        else:
+            missing.append("weights (*.safetensors)")
     if not any((folder / name).is_file() for name in TOKENIZER_FILES) and not any(folder.glob("*.tiktoken")):
         missing.append(f"tokenizer files (one of {', '.join(TOKENIZER_FILES)})")
     return missing

@@ -103,10 +103,12 @@ def test_checkpoint_folder_parts_are_named(tmp_path):
 
     assert missing_files(tmp_path) == [
         "config.json",
-        "weights (*.safetensors or pytorch_model*.bin)",
+        "weights (*.safetensors)",
         "tokenizer files (one of tokenizer.json, tokenizer.model, spiece.model, vocab.json, vocab.txt, "
         "tokenizer.tiktoken)",
     ]
+    (tmp_path / "pytorch_model.bin").write_text("")  # a format the harness does not read: named as such
+    assert "holds pytorch_model*.bin, which the harness does not read" in missing_files(tmp_path)[1]
     for name in ("config.json", "model.safetensors", "tokenizer.model"):
         (tmp_path / name).write_text("")
     assert folder_problem(tmp_path) is None
