@@ -190,6 +190,8 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
     layers = config.getoption("autoport_layers")
     if layers is not None:
         mode += f", reduced-layer mode: the first {layers} decoder layers only"
+    if target == "?":  # the spec does not load: collection names the field at fault
+        return [f"autoport: spec {state.spec_path} does not load (the error follows){mode}"]
     return [
         f"autoport: spec {state.spec_path}, target {target}{mode}",
         *check_environment(target).summary_lines(),

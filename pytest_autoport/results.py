@@ -188,10 +188,13 @@ def format_table(verdict: Verdict) -> list[str]:
     reduced = (
         f", {layers_text(verdict.layers['judged'], verdict.layers.get('total'))}" if verdict.layers else ""
     )
-    lines.append(
-        f"verdict: {verdict_word(verdict)} ({verdict.model}, target {verdict.target}, "
-        f"{verdict.weights.get('kind', '?')} weights{reduced})"
-    )
+    if verdict.target == "?":  # the spec did not load: its error is above, there is nothing else to name
+        lines.append(f"verdict: {verdict_word(verdict)} ({verdict.model}: the spec does not load)")
+    else:
+        lines.append(
+            f"verdict: {verdict_word(verdict)} ({verdict.model}, target {verdict.target}, "
+            f"{verdict.weights.get('kind', '?')} weights{reduced})"
+        )
     partial = partial_text(verdict)
     if partial:
         lines.append(f"{partial}; the full verdict is left as it was")

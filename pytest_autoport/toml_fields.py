@@ -4,6 +4,7 @@ naming the field (``port.max_seq_len``)."""
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import types
 import typing
 from pathlib import Path
@@ -18,7 +19,9 @@ def build_table(cls, values, path: Path, where: str):
     hints = typing.get_type_hints(cls)
     for key in values:
         if key not in fields:
-            raise SpecError(path, f"{where}.{key}", f"unknown key; expected one of {sorted(fields)}")
+            close = difflib.get_close_matches(key, fields, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise SpecError(path, f"{where}.{key}", f"unknown key; {hint}expected one of {sorted(fields)}")
     for name, f in fields.items():
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         if required and name not in values:

@@ -18,7 +18,13 @@ REPO = Path(__file__).resolve().parents[1]
     [
         ("batch_size = 1", 'batch_size = "one"', "port.batch_size", "expected an integer"),
         ('dtype = "float32"', 'dtype = "float8"', "port.dtype", "unknown dtype"),
-        ("max_seq_len = 64", "max_seq_len = 64\ncolour = 3", "port.colour", "unknown key"),
+        ("max_seq_len = 64", "max_seq_len = 64\ncolour = 3", "port.colour", "unknown key; expected one of"),
+        (
+            "max_seq_len = 64",
+            "max_seq_len = 64\ntoken_generation_bucket = [64]",
+            "port.token_generation_bucket",
+            "unknown key; did you mean 'token_generation_buckets'?",
+        ),
         ('hf_model_class = "LlamaForCausalLM"\n', "", "model.hf_model_class", "missing required field"),
         (
             "context_buckets = [16, 32, 64]",

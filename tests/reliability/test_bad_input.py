@@ -188,6 +188,19 @@ def test_bad_layer_fails_collection_in_one_line(port_project):
     assert port_project.results()["stages"] == []
 
 
+def test_a_spec_that_does_not_load_says_so_in_the_header_and_names_the_key(port_project):
+    port_project.edit_spec("max_seq_len = 64", "max_seq_len = 64\ntoken_generation_bucket = [64]")
+    result = port_project.run()
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    result.stdout.fnmatch_lines(
+        [
+            f"autoport: spec {port_project.spec} does not load (the error follows)",
+            "*field 'port.token_generation_bucket': unknown key; did you mean 'token_generation_buckets'?*",
+        ]
+    )
+    assert "unknown target" not in result.stdout.str() and "target ?" not in result.stdout.str()
+
+
 # -- no [[components]] ----------------------------------------------------------------------------------
 def test_no_components_warns_in_the_verdict(port_project):
     text = port_project.spec.read_text()
