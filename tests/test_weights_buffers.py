@@ -68,3 +68,38 @@ def test_checkpoint_tensors_transformers_drops_on_load_are_left_out(port_project
     weights = port_project.stage("weights")
     assert weights["status"] == "passed", weights.get("message")
     assert weights["figures"]["hf_keys_ignored"] == ["model.layers.0.self_attn.rotary_emb.inv_freq"]
+
+
+def test_a_tensor_the_checkpoint_lacks_is_told_apart_from_a_conversion_fault(port_project, tiny_weights):
+    import re
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    folder = port_project.root / "incomplete_checkpoint"
+    shutil.copytree(tiny_weights("llama"), folder)
+    (folder / "autoport_tiny.json").unlink()
+    state = load_file(folder / "model.safetensors")
+    del state["model.layers.1.post_attention_layernorm.weight"]
+    save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
+    original = port_project.spec.read_text()
+    port_project.spec.write_text(re.sub(r'weights_path = ".*"', f'weights_path = "{folder}"', original))
+    port_project.run("-k", "weights", "--autoport-dtype=float32")
+    message = port_project.stage("weights")["message"]
+    assert (
+        "port tensors the conversion did not fill (1):\n    model.layers.1.post_attention_layernorm.weight"
+        in message
+    )
+    assert (
+        "the checkpoint itself lacks 1 tensor(s) LlamaForCausalLM has (transformers would initialise them at "
+        "random): model.layers.1.post_attention_layernorm.weight"
+    ) in message
+    port_project.spec.write_text(original)  # the whole checkpoint, a conversion that drops a tensor
+    port_project.replace(
+        "llama/modeling_llama.py",
+        "        return converted\n",
+        '        del converted["model.norm.weight"]\n        return converted\n',
+    )
+    port_project.run("-k", "weights", "--autoport-dtype=float32")
+    message = port_project.stage("weights")["message"]
+    assert "did not fill (1):\n    model.norm.weight" in message and "checkpoint itself lacks" not in message

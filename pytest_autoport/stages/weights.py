@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..checkpoint_folder import folder_problem, tokenizer_problem
+from ..checkpoint_gaps import gaps_note
 from ..errors import StageFailure, figures_on_error
 from ..kv_cache import check_port_caches
 
@@ -22,6 +23,6 @@ def run(session) -> dict:
         figures["layers"] = session.layers_record
         figures["hf_tensors_left_out"] = len(session.layer_keys_left_out)
     if not report.ok:
-        raise StageFailure(report.message(), figures)
+        raise StageFailure(report.message() + gaps_note(session), figures)
     figures.update(check_port_caches(session))
     return figures
