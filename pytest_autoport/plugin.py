@@ -266,7 +266,11 @@ class SpecFile(pytest.File):
         planned_stages = plan(session.spec, num_layers, session.lp_dtype_name, present, session.target_name)
         state.planned = len(planned_stages)
         for planned in planned_stages:
-            item = StageItem.from_parent(self, name=planned.id, planned=planned)
+            # the id given as text: pytest reads "component[mlp-layer0]" in a cached --lf entry as name
+            # "component" with parameters "mlp-layer0", and so must the item's own id, or --lf misses it
+            item = StageItem.from_parent(
+                self, name=planned.id, planned=planned, nodeid=f"{self.nodeid}::{planned.id}"
+            )
             item.add_marker(pytest.mark.xdist_group(spec.name))
             item.add_marker(pytest.mark.timeout(timeout_for(planned.stage.name, spec)))
             yield item

@@ -56,3 +56,18 @@ def test_a_norm_epsilon_ten_times_off_fails_its_component_only(make_project):
     assert stage["figures"]["rel_fro"] > 0.1
     passed = project.stage("component[k_norm-layer0]")
     assert passed["status"] == "passed" and passed["figures"]["epsilon_probe"]["rel_fro"] < 1e-6
+
+
+def test_last_failed_reruns_exactly_the_failed_stage_items(make_project):
+    """``--lf`` after a failing run selects the failed ``component[...]`` items (ids with brackets)."""
+    import forked_pytest
+
+    project = make_project("qwen3")
+    project.replace(*Q_NORM_EPS, what="q_norm built with eps 1e-5 (the config says 1e-6)")
+    args = ("--autoport-model=qwen3", "--autoport-dtype=float32")
+    forked_pytest.runpytest(project.pytester, *args, "-k", "q_norm or k_norm or embedding")
+    result = forked_pytest.runpytest(project.pytester, *args, "--lf")
+    result.stdout.fnmatch_lines(["run-last-failure: rerun previous 2 failures*"])
+    data = project.results()
+    assert data["partial"] and data["selection"]["selected"] == 2 and data["selection"]["last_failed"]
+    assert sorted(s["id"] for s in data["stages"]) == ["component[q_norm-layer0]", "component[q_norm-layer1]"]
