@@ -215,6 +215,18 @@ def analyze(config, model=None) -> dict:
     return report
 
 
+def scales_in_float32(norm) -> bool:
+    """Whether an HF RMSNorm multiplies by its weight before casting back (``(self.weight *
+    hidden_states).to(input_dtype)``), read from its source."""
+    import inspect
+
+    try:
+        source = inspect.getsource(type(norm).forward)
+    except (OSError, TypeError):
+        return False
+    return "(self.weight*hidden_states).to(" in source.replace(" ", "")
+
+
 def module_map(model) -> list[dict]:
     """Each distinct HF module class of the model (first path where it appears) and its block."""
     seen, rows = set(), []
@@ -228,6 +240,8 @@ def module_map(model) -> list[dict]:
             ((t, n) for fragment, t, n in BLOCKS if fragment in cls),
             ("custom: write it in the port", "custom"),
         )
+        if torch_block == "pytest_autoport.blocks.norms.RMSNorm" and scales_in_float32(module):
+            torch_block += "(scale_in_float32=True)"
         nxdi_block = (
             nxdi_block
             if nxdi_block.startswith(("custom", "torch", "your"))
