@@ -4,6 +4,7 @@ tp degree and a sequence length."""
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -47,7 +48,7 @@ def load_config(model: str, overrides: dict | None = None):
     """A local checkpoint folder, a config.json file, or a transformers model type; never a hub id."""
     from transformers import AutoConfig
 
-    overrides = dict(overrides or {})
+    overrides = copy.deepcopy(dict(overrides or {}))  # transformers edits nested tables in place
     path = Path(model).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():

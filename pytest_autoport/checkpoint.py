@@ -8,6 +8,7 @@ real checkpoint. Nothing here touches a hub.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import os
@@ -174,7 +175,7 @@ def _materialise_tiny(spec: PortSpec, recipe: dict, dest: Path) -> None:
     import torch
     import transformers
 
-    overrides = dict(recipe["overrides"])
+    overrides = copy.deepcopy(recipe["overrides"])  # transformers edits nested tables (rope_scaling) in place
     model_type = overrides.pop("model_type", None)
     seed = overrides.pop("seed", 0)
     quantize = overrides.pop("quantize", None)

@@ -156,4 +156,6 @@ def test_reduced_layers_size_the_reference_and_stream_the_cut_model(four_layer_w
     with torch.inference_mode():
         for seq, got in zip(ids, streamed, strict=True):
             want = whole(torch.tensor([seq])).logits[0].float()
-            assert torch.allclose(got, want, rtol=1e-5, atol=1e-6)
+            # FP32 rounding only (one padded batch against one sequence at a time): ~3e-6 on logits of ~10
+            assert float((got - want).norm() / want.norm()) < 1e-6
+            assert torch.allclose(got, want, rtol=1e-5, atol=1e-5)

@@ -22,7 +22,7 @@ NXDI_TODO = {
         "'query_pre_attn_scalar'",
     ],
     "gpt_oss": ["YaRN RoPE scaling", "mixture of experts", "sliding window on layers [0] only"],
-    "llama": [],
+    "llama": ["RoPE scaling 'llama3'"],  # the bundled tiny Llama has Llama 3 frequency scaling
     "mistral": [],
     "mixtral": ["mixture of experts (4 experts, top 2)"],
     "olmo2": ["norm placement", "q/k norm over the whole projection (64 wide)"],
