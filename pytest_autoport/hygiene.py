@@ -42,6 +42,7 @@ def check_file(file: Path, hf_class_names: set[str] | None = None) -> list[Viola
         found.append(Violation(file, node.lineno, rule, text))
 
     framework_names = _framework_aliases(tree)
+    script_lines = _main_block_lines(tree)
     for node in ast.walk(tree):
         if isinstance(node, ast.ExceptHandler) and node.type is None:
             add(node, "bare-except", "bare 'except:': catch the exception you expect")
@@ -56,7 +57,7 @@ def check_file(file: Path, hf_class_names: set[str] | None = None) -> list[Viola
                 if isinstance(target, ast.Attribute) and root in framework_names:
                     add(node, "monkeypatch", f"assigns {ast.unparse(target)}: subclass or wrap instead")
         elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
-            if node.func.id == "print":
+            if node.func.id == "print" and node.lineno not in script_lines:  # a script's own output is fine
                 add(node, "print", "print(): use logging.getLogger(__name__)")
             elif node.func.id == "setattr" and node.args and _root_name(node.args[0]) in framework_names:
                 add(node, "monkeypatch", f"setattr on {ast.unparse(node.args[0])}: subclass or wrap instead")
@@ -69,6 +70,18 @@ def check_file(file: Path, hf_class_names: set[str] | None = None) -> list[Viola
                     f"class {node.name} matches no HF class: rename it or say why in a docstring",
                 )
     return sorted(found, key=lambda v: (str(v.file), v.line))
+
+
+def _main_block_lines(tree) -> set[int]:
+    """Lines of the module's ``if __name__ == "__main__":`` blocks (the file run as a script)."""
+    lines: set[int] = set()
+    for node in tree.body:
+        if isinstance(node, ast.If) and ast.unparse(node.test).replace("'", '"') in (
+            '__name__ == "__main__"',
+            '"__main__" == __name__',
+        ):
+            lines.update(range(node.lineno, (node.end_lineno or node.lineno) + 1))
+    return lines
 
 
 def _framework_aliases(tree) -> set[str]:
