@@ -80,6 +80,17 @@ def test_spec_timeout_applies_to_its_stage(port_project):
     assert "Timeout" in compile_stage["message"]
 
 
+def test_a_stage_past_its_limit_fails_when_the_timer_signal_is_lost(port_project):
+    # pytest-timeout's signal is swallowed when it lands in a finalizer; without the plugin there is
+    # no signal at all, and the limit must still hold once the stage returns
+    port_project.edit_spec("[[components]]", "[timeouts]\ncompile = 0.2\n\n[[components]]")
+    port_project.run("-k", "compile", "--autoport-dtype=float32", "-p", "no:timeout")
+    compile_stage = port_project.stage("compile")
+    assert compile_stage["status"] == "failed"
+    assert "Timeout (>0.2s): compile ran " in compile_stage["message"]
+    assert "past its limit ([timeouts] in the spec sets it)" in compile_stage["message"]
+
+
 def test_artifact_store_fixture_lists_entries(compiled_port_project):
     port_project = compiled_port_project
     port_project.pytester.makepyfile(
