@@ -1,6 +1,6 @@
-"""Hints added to a failing stage's message: the likely cause from the knowledge base, and for an MoE
-block whose router and experts passed, that their combination diverges. Hints only: a stage fails
-either way."""
+"""Hints added to a failing stage's message: port tensors the conversion filled crosswise, the likely
+cause from the knowledge base, and for an MoE block whose router and experts passed, that their
+combination diverges. Hints only: a stage fails either way."""
 
 from __future__ import annotations
 
@@ -8,8 +8,35 @@ from .errors import StageFailure
 
 
 def with_hints(failure: StageFailure, planned, session, outcomes: dict[str, str]) -> StageFailure:
-    """``failure`` of the item ``planned`` with its MoE hint, then its likely cause."""
-    return _with_likely_cause(_with_moe_hint(failure, planned, session, outcomes), planned, outcomes)
+    """``failure`` of the item ``planned`` with its crossed weights or else its likely cause, after
+    its MoE hint."""
+    failure = _with_moe_hint(failure, planned, session, outcomes)
+    crossed = _crossed_weights_in(failure, planned, session)
+    if crossed:  # the cause is known (kb/weight_conversion.md): a metric signature's guess would mislead
+        crossed_failure = StageFailure(
+            f"{failure.detail}\nthe weight conversion filled these port tensors crosswise (each from the "
+            "checkpoint tensor named like another; check convert_hf_to_neuron_state_dict):\n  "
+            + "\n  ".join(crossed),
+            {**failure.figures, "crossed_tensors": crossed},
+        )
+        if crossed_failure.cause is not None:
+            crossed_failure.figures["likely_cause"] = crossed_failure.cause.to_dict()
+        return crossed_failure
+    return _with_likely_cause(failure, planned, outcomes)
+
+
+def _crossed_weights_in(failure: StageFailure, planned, session) -> list[str]:
+    """The crossed conversion lines (``weight_wiring``) that touch the failing module."""
+    params = planned.params
+    if "component" in params:
+        path = params["component"].hf_path(params["layer"])
+    else:
+        path = failure.figures.get("first_divergence")
+    try:
+        crossed = session.mapping[0].crossed
+    except Exception:  # the conversion itself failed: its own stage says so
+        return []
+    return [line for line in crossed if path and f"{path}." in line]
 
 
 def _with_moe_hint(failure: StageFailure, planned, session, outcomes) -> StageFailure:

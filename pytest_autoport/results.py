@@ -131,7 +131,8 @@ def key_figure(rec: StageRecord) -> str:
     if rec.stage == "weights":
         built = f.get("spent_before_s")
         made = f" (built in {built:.1f} s)" if built else ""
-        return f"{f.get('hf_tensors', '?')} tensors, {f.get('weights_kind', '?')} weights{made}"
+        crossed = f", {len(f['crossed_tensors'])} filled crosswise" if f.get("crossed_tensors") else ""
+        return f"{f.get('hf_tensors', '?')} tensors, {f.get('weights_kind', '?')} weights{made}{crossed}"
     if rec.stage in ("component", "model") and "r" in f:
         text = (
             f"R {_num(f['r'], '.3f')} (band {f['band'][0]}-{f['band'][1]}), rel_fro {_num(f.get('rel_fro'))}"

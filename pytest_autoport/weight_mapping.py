@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
-
 from .errors import StageFailure
+from .weight_wiring import crossed_tensors, storage_id
 
 
 class ReadTracker(dict):
@@ -48,6 +47,7 @@ class MappingReport:
     unexpected: list[str] = field(default_factory=list)
     mismatched: list[str] = field(default_factory=list)  # "key: port [a, b] vs converted [c, d]"
     kept_buffers: list[str] = field(default_factory=list)  # port buffers left as the port built them
+    crossed: list[str] = field(default_factory=list)  # see weight_wiring.crossed_tensors
 
     @property
     def ok(self) -> bool:
@@ -62,6 +62,7 @@ class MappingReport:
             "unexpected": len(self.unexpected),
             "shape_mismatches": len(self.mismatched),
             **({"kept_buffers": self.kept_buffers} if self.kept_buffers else {}),
+            **({"crossed_tensors": self.crossed} if self.crossed else {}),
         }
 
     def message(self) -> str:
@@ -78,10 +79,6 @@ class MappingReport:
                 )
                 parts.append(f"{title} ({len(keys)}):\n    {shown}")
         return "weight mapping is wrong:\n  " + "\n  ".join(parts)
-
-
-def storage_id(tensor: torch.Tensor) -> int:
-    return tensor.untyped_storage().data_ptr()
 
 
 def check_mapping(
@@ -121,5 +118,6 @@ def check_mapping(
                 f"{key}: port {list(target.shape)} vs converted {list(report.converted[key].shape)}"
             )
     report.unexpected = [key for key in report.converted if key not in port_state]
+    report.crossed = crossed_tensors(report.converted, hf_state)
     report.converted.update((key, port_state[key]) for key in report.kept_buffers)
     return report

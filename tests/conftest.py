@@ -175,6 +175,7 @@ class PortProject:
         assert [s["id"] for s in data["stages"]] == stage_ids
         figures = {s["id"]: s["figures"] for s in data["stages"]}
         assert figures["golden"]["token_match"] >= 0.95
+        assert "crossed_tensors" not in figures["weights"]
         return figures
 
     def assert_caught(
