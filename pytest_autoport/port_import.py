@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import traceback
 from pathlib import Path
 
 from .errors import SpecError
@@ -25,12 +26,34 @@ def import_from_file(file: Path, attr: str, spec_path: Path, field_name: str):
         except Exception as exc:  # the port's own import error, shown in one line
             del sys.modules[module_name]
             raise SpecError(
-                spec_path, field_name, f"importing {file} failed: {type(exc).__name__}: {exc}"
+                spec_path,
+                field_name,
+                f"importing {file} failed{_line_at_fault(exc, file)}: {type(exc).__name__}: {exc}",
             ) from None
     try:
         return getattr(module, attr)
     except AttributeError:
         raise SpecError(spec_path, field_name, f"{file} defines no {attr!r}") from None
+
+
+def _line_at_fault(exc: BaseException, file: Path) -> str:
+    """`` at path:line`` of the port's own code that raised (a syntax error's own position, else the
+    innermost frame under the port's project folder, else the innermost frame)."""
+    if isinstance(exc, SyntaxError) and exc.filename and exc.lineno:
+        return f" at {exc.filename}:{exc.lineno}"
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith("<")]
+    root = _package_root(file).resolve()
+    own = [f for f in frames if Path(f.filename).resolve().is_relative_to(root)]
+    frame = (own or frames or [None])[-1]
+    return f" at {frame.filename}:{frame.lineno}" if frame else ""
+
+
+def _package_root(file: Path) -> Path:
+    """The folder above the port file's outermost package."""
+    folder = file.parent
+    while (folder / "__init__.py").is_file():
+        folder = folder.parent
+    return folder
 
 
 def _module_name_for(file: Path) -> str:
@@ -46,9 +69,7 @@ def _module_name_for(file: Path) -> str:
 def _ensure_packages_importable(file: Path) -> None:
     """Put the port's package root first on sys.path, and forget a same-named package imported from
     another folder (another checkout), so the port's own shared modules are the ones imported."""
-    folder = file.parent
-    while (folder / "__init__.py").is_file():
-        folder = folder.parent
+    folder = _package_root(file)
     if str(folder) in sys.path:
         sys.path.remove(str(folder))
     sys.path.insert(0, str(folder))
