@@ -6,7 +6,8 @@ Syntax (a topic's ``## Metric signatures`` list, see kb/README.md): one entry a 
 ``- `stage=component kind=attention|decoder_layer fp32=failed position_growth>=4`: why``; conditions
 are ``fact=value`` (``|`` separates alternatives), ``fact!=value`` or a number comparison
 ``fact>=n`` / ``>`` / ``<=`` / ``<``; every condition must hold, and a fact the stage lacks holds none.
-Facts: ``stage``, ``kind``, ``mode`` (fp32 | low), ``fp32`` (outcome of the FP32 check of the same
+Facts: ``stage``, ``kind`` (for a model check, ``glue`` when its first divergent module's own input
+already differs), ``mode`` (fp32 | low), ``fp32`` (outcome of the FP32 check of the same
 component or model: the stage itself in FP32), ``r``, ``nonfinite`` (yes | no), ``position_growth``,
 ``position0_share``, and for ``golden``: ``teacher_forced``, ``free_running``, ``decode_steps``
 (passed | failed) and ``decode_graph`` (the first divergent decode step's graph kind).
@@ -112,9 +113,17 @@ def stage_facts(stage_id: str, stage: str, params: dict, figures: dict, outcomes
             facts["kind"] = component_kind(params["component"].name)
         elif figures.get("first_divergence"):
             facts["kind"] = component_kind(figures["first_divergence"])
+            if _input_diverges(figures):  # the module is fed wrong: the glue before it is at fault
+                facts["kind"] = "glue"
     if stage == "golden":
         facts.update(_golden_facts(figures))
     return facts
+
+
+def _input_diverges(figures: dict) -> bool:
+    rows = figures.get("localisation") or []
+    first = figures["first_divergence"]
+    return any(isinstance(r, dict) and r.get("module") == first and r.get("input_diverges") for r in rows)
 
 
 def _fp32_id(stage_id: str, dtype: str) -> str:

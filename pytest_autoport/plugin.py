@@ -19,6 +19,7 @@ from .results import FIGURE_PREFIX, NOT_RUN_HERE, SUPERSEDED
 from .session import AutoportSession, Options
 from .shared_steps import SharedStepFailed, running
 from .spec import PortSpec, find_spec_file, load_spec
+from .stage_limits import check_time_limit
 from .time_spent import terminal_line
 from .verdict_reporter import STAGE_KEY, VerdictReporter, stage_of
 
@@ -337,7 +338,7 @@ class StageItem(pytest.Item):
             if plan is not None:
                 plan.before(self.planned.id)
             figures = stage.run(session, **self.planned.params)
-            self._check_time_limit(time.monotonic() - started)
+            check_time_limit(self, time.monotonic() - started)
         except StageFailure as exc:
             exc = with_hints(exc, self.planned, self.state.session, self.state.outcomes)
             self._add_figures(exc.figures)
@@ -356,18 +357,6 @@ class StageItem(pytest.Item):
             session.time_spent.item_running = False
             self._add_figures(session.time_spent.take(self._credits_collection()))
         self._add_figures(figures or {})
-
-    def _check_time_limit(self, elapsed: float) -> None:
-        """pytest-timeout's signal is lost when it lands in a finalizer (a weakref callback, __del__):
-        a stage that ran past its limit still fails, once it returns."""
-        marker = self.get_closest_marker("timeout")
-        limit = marker.args[0] if marker and marker.args else None
-        if limit and elapsed > limit:
-            pytest.fail(
-                f"Timeout (>{limit:g}s): {self.planned.id} ran {elapsed:.1f} s, past its limit "
-                "([timeouts] in the spec sets it)",
-                pytrace=False,
-            )
 
     def _credits_collection(self) -> bool:
         """Whether this item is credited with what collection spent (see ``time_spent``)."""

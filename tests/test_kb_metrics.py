@@ -123,6 +123,26 @@ CASES = [
         True,
     ),
     (
+        # the attention residual dropped: the norm after it is the first module to diverge, fed wrong
+        "attention residual dropped (model)",
+        stage_facts(
+            "model",
+            "model",
+            {},
+            {
+                "first_divergence": "model.layers.0.post_attention_layernorm",
+                "localisation": [
+                    {"module": "model.layers.0.post_attention_layernorm", "input_diverges": "rel_fro 9.9e-01"}
+                ],
+                "position0_share": 1.0,
+            },
+            {},
+        ),
+        "model logits differ from HF in FP32\nfirst divergent module: model.layers.0.post_attention_layernorm",
+        "accuracy_debugging",
+        True,
+    ),
+    (
         "swapped_gate_up",
         _component(MLP, None, {"position_growth": 0.9388, "position0_share": 1.021}),
         "mlp (layer 0) differs from HF in FP32: rel_fro 1.2e+00",

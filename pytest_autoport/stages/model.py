@@ -85,6 +85,7 @@ def localise(session, dtype=None) -> tuple[list[dict], str | None]:
             )
             continue
         by_port_path[port_path] = (name, hf, layer)
+    port_path_of = {hf: port_path for port_path, (_, hf, _) in by_port_path.items()}
     port_captures = capture_modules(port, list(by_port_path), lambda: session.run_port_model(port))
     lp_captures = session.hf_trace_lp[0] if dtype else {}
     for port_path, (name, hf_path, layer) in by_port_path.items():
@@ -135,8 +136,35 @@ def localise(session, dtype=None) -> tuple[list[dict], str | None]:
                 row["routing_inputs"] = routing
         rows.append(row)
     rows.sort(key=lambda r: r["order"])
-    first = next((r["module"] for r in rows if r["ok"] is False), None)
-    return rows, first
+    first = next((r for r in rows if r["ok"] is False), None)
+    if first is not None and first["module"] in port_path_of:
+        hf_path = first["module"]
+        diverged = input_divergence(
+            captures[hf_path],
+            port_captures[port_path_of[hf_path]],
+            lp_captures.get(hf_path),
+            _band(session, first["component"])[1],
+        )
+        if diverged:
+            first["input_diverges"] = diverged
+    return rows, first["module"] if first else None
+
+
+def input_divergence(hf_capture, port_capture, hf_lp_capture, band_hi: float) -> str | None:
+    """How the hidden-state input a module was given differs from HF's (FP32: rel_fro above the FP32
+    tolerance; low precision, ``hf_lp_capture`` given: R above the band), else None."""
+    try:
+        actual, expected = hidden_input(port_capture), hidden_input(hf_capture)
+    except TypeError:
+        return None
+    floating = all(isinstance(t, torch.Tensor) and t.is_floating_point() for t in (actual, expected))
+    if not floating or actual.shape != expected.shape:
+        return None
+    cmp = compare(actual, expected)
+    if hf_lp_capture is None:
+        return f"rel_fro {cmp.rel_fro:.2e}" if cmp.rel_fro > FP32_REL_TOL else None
+    ratio = three_tensor_ratio(actual, hidden_input(hf_lp_capture), expected)
+    return f"R {ratio:.3g}, rel_fro {cmp.rel_fro:.2e}" if ratio > band_hi else None
 
 
 LP_ROUTING_TOL = 2e-2  # relative error of dense routing weights in low precision (bf16 eps is 7.8e-3)
@@ -205,6 +233,12 @@ def _explanations(rows: list[dict], first: str | None) -> list[str]:
     if not_called:
         out.append(f"mapped modules the port never called: {', '.join(not_called)}")
     first_row = next((r for r in rows if r["module"] == first), None)
+    if first_row and first_row.get("input_diverges"):
+        out.append(
+            f"{first}: its input already differs from HF's ({first_row['input_diverges']}) while no module "
+            "compared before it diverges: the code that feeds it (a residual add, a scale, glue outside the "
+            "mapped modules) is the likely fault, not the module itself"
+        )
     if first_row and first_row.get("routing_inputs"):
         out.append(
             f"{first}: {first_row['routing_inputs']}: the combination of router and experts (top-k selection, "
@@ -229,6 +263,8 @@ def format_table(rows: list[dict], dtype=None) -> str:
             status = f"not compared: {r['status']}"
         elif r.get("routing_inputs"):
             status += " (routing inputs differ)"
+        elif r.get("input_diverges"):
+            status += " (its input already differs)"
         ratio = f" {r.get('r', float('nan')):>8.3g}" if dtype else ""
         lines.append(f"  {r['module']:<40} {r['rel_fro']:>10.2e} {r['max_abs']:>10.2e}{ratio}  {status}")
     return "\n".join(lines)
