@@ -42,6 +42,9 @@ def _why_not() -> str | None:
 
     if not transformers.__version__.startswith("4.57."):
         return f"{ENABLE}; this venv has transformers {transformers.__version__}"
+    lacking = [name for name in ("boto3", "tenacity") if importlib.util.find_spec(name) is None]
+    if lacking:  # pure-Python packages neuronx_distributed imports
+        return f"{ENABLE}; this venv lacks {' and '.join(lacking)} (pip install boto3 tenacity)"
     return None
 
 
