@@ -142,12 +142,26 @@ def _tie(logits: torch.Tensor, golden_token: int, port_token: int | None, dtype_
     return gap, bound, gap <= bound
 
 
-def margin_aware_token_match(free, forced: list[dict], golden_logits: list, ported, dtype_name: str) -> dict:
+def margin_aware_token_match(
+    free, forced: list[dict], golden_logits: list, ported, dtype_name: str, reference_lp: list | None = None
+) -> dict:
     """The greedy token gate with near-ties counted as tied: a prompt whose free-running continuation
     first diverges at a near-tie (golden logit gap between its token and the port's within
-    :func:`golden_near_tie_bound`) is judged teacher-forced instead (every position on the golden
-    context), near-tie teacher-forced divergences counted as matches; other prompts keep their
-    free-running match. Returns ``token_match_margin_aware`` and which prompts were tied, and why."""
+    :func:`golden_near_tie_bound`, or, for a low-precision port, where HF run in that precision
+    (``reference_lp``, at the golden positions) ranks the port's token at least as high as the golden
+    one: the reference's own rounding makes the same choice) is judged teacher-forced instead (every
+    position on the golden context), tied teacher-forced divergences counted as matches; other prompts
+    keep their free-running match. Returns ``token_match_margin_aware`` and which prompts were tied,
+    and why."""
+
+    def tie(i, position, golden_token, port_token):
+        gap, bound, is_tie = _tie(golden_logits[i][position], golden_token, port_token, dtype_name)
+        if is_tie or reference_lp is None or port_token is None:
+            return gap, bound, is_tie, "near-tie" if is_tie else ""
+        row = reference_lp[i][position]
+        same_choice = float(row[port_token]) >= float(row[golden_token])
+        return gap, bound, same_choice, f"HF in {dtype_name} picks it too" if same_choice else ""
+
     matched, total, tied = 0, 0, []
     for i, pos in enumerate(free.first_divergence):
         length = len(golden_logits[i])
@@ -156,23 +170,25 @@ def margin_aware_token_match(free, forced: list[dict], golden_logits: list, port
         if pos is None or pos >= length:
             matched += free_hits
             continue
-        logits = golden_logits[i]
         port_token = ported[i][pos] if pos < len(ported[i]) else None
-        gap, bound, is_tie = _tie(logits[pos], int(logits[pos].argmax()), port_token, dtype_name)
+        gap, bound, is_tie, why = tie(i, pos, int(golden_logits[i][pos].argmax()), port_token)
         if not is_tie:
             matched += free_hits
             continue
         ties = sum(
-            _tie(logits[d["position"]], d["golden_token"], d["port_token"], dtype_name)[2]
-            for d in forced[i]["divergences"]
+            tie(i, d["position"], d["golden_token"], d["port_token"])[2] for d in forced[i]["divergences"]
         )
         matched += forced[i]["matched"] + ties
-        tied.append({"prompt": i, "position": pos, "golden_gap": round(gap, 6), "bound": round(bound, 6)})
+        tied.append(
+            {"prompt": i, "position": pos, "golden_gap": round(gap, 6), "bound": round(bound, 6), "why": why}
+        )
     rate = matched / total if total else 1.0
     note = ""
     if tied:
         listed = ", ".join(
-            f"prompt {t['prompt']} at token {t['position']} (gap {t['golden_gap']:.3g} <= {t['bound']:.3g})"
+            f"prompt {t['prompt']} at token {t['position']} ("
+            + (f"gap {t['golden_gap']:.3g} <= {t['bound']:.3g}" if t["why"] == "near-tie" else t["why"])
+            + ")"
             for t in tied
         )
         note = (

@@ -137,7 +137,9 @@ def test_a_golden_divergence_at_a_near_tie_counts_as_tied():
     assert free.rate == pytest.approx(5 / 8)
     gate = margin_aware_token_match(free, forced, logits, ported, "float32")
     assert gate["token_match_margin_aware"] == 1.0
-    assert gate["near_tie_divergences"] == [{"prompt": 0, "position": 1, "golden_gap": 0.005, "bound": 0.01}]
+    assert gate["near_tie_divergences"] == [
+        {"prompt": 0, "position": 1, "golden_gap": 0.005, "bound": 0.01, "why": "near-tie"}
+    ]
     assert "free-running divergences at near-ties count as tied" in gate["near_tie_note"]
     assert "prompt 0 at token 1 (gap 0.005 <= 0.01)" in gate["near_tie_note"]
 
@@ -151,3 +153,22 @@ def test_a_golden_divergence_at_a_clear_margin_still_counts():
     # bf16 logits near 5 round to 2**-7 * 4: a 0.1 gap is within 4 ulps there, 0.5 is not
     assert golden_near_tie_bound(5.0, "bfloat16") == pytest.approx(4 * 2**-7 * 4)
     assert margin_aware_token_match(free, forced, logits, ported, "bfloat16")["token_match_margin_aware"] < 1
+
+
+def test_a_golden_divergence_hf_makes_itself_in_low_precision_counts_as_tied():
+    """A bf16 port that picks, at a clear FP32 margin, the token HF run in bf16 also ranks first there:
+    the reference's own rounding makes that choice, so the prompt is judged teacher-forced."""
+    from pytest_autoport.discrete import margin_aware_token_match
+
+    free, forced, logits, ported = _golden_case(gap=0.5)
+    hf_bf16 = [row.clone() for row in logits]
+    assert margin_aware_token_match(free, forced, logits, ported, "bfloat16", hf_bf16)[
+        "token_match_margin_aware"
+    ] == pytest.approx(5 / 8)  # HF in bf16 keeps the golden token: the port's choice is its own
+    hf_bf16[0][1, 1] = 5.0  # HF in bf16 ties the two tokens there
+    gate = margin_aware_token_match(free, forced, logits, ported, "bfloat16", hf_bf16)
+    assert gate["token_match_margin_aware"] == 1.0
+    assert gate["near_tie_divergences"] == [
+        {"prompt": 0, "position": 1, "golden_gap": 0.5, "bound": 0.125, "why": "HF in bfloat16 picks it too"}
+    ]
+    assert "prompt 0 at token 1 (HF in bfloat16 picks it too)" in gate["near_tie_note"]

@@ -19,7 +19,7 @@ import torch
 from ..discrete import margin_aware_token_match
 from ..errors import StageFailure
 from ..numerics_tokens import teacher_forced_match, token_match
-from .golden_decode import decode_parity, logit_figures
+from .golden_decode import decode_parity, hf_low_precision, logit_figures
 from .golden_reference import reference_figures, reference_note, streamed_windows, streaming
 from .golden_scoring import scoring_parity
 
@@ -59,7 +59,10 @@ def run(session) -> dict:
         "free_running_divergences": free_divergences,
         **cache_figures,
     }
-    figures.update(margin_aware_token_match(free, forced, golden_logits, ported, session.spec.port.dtype))
+    hf_lp = hf_low_precision(session, scored)  # HF in the port's low precision; None for FP32
+    figures.update(
+        margin_aware_token_match(free, forced, golden_logits, ported, session.spec.port.dtype, hf_lp)
+    )
     figures.update(reference_figures(session))
     problems = []
     if mode in ("token", "all") and figures["token_match_margin_aware"] < threshold:
@@ -75,10 +78,14 @@ def run(session) -> dict:
                 "teacher-forced scoring (one context-encoding pass) agrees with the golden: the fault is in "
                 "the token-generation path (KV-cache writes, decode positions, token-generation buckets)"
             )
-    figures["scoring_parity"], scoring_problem = scoring_parity(session, scored, golden_logits, port_logits)
+    figures["scoring_parity"], scoring_problem = scoring_parity(
+        session, scored, golden_logits, port_logits, hf_lp
+    )
     if scoring_problem:
         problems.append(reference_note(session) + scoring_problem)
-    figures["decode_parity"], decode_problem, decode_run = decode_parity(session, scored, golden_logits)
+    figures["decode_parity"], decode_problem, decode_run = decode_parity(
+        session, scored, golden_logits, hf_lp
+    )
     if decode_problem:
         problems.append(reference_note(session) + decode_problem)
     if mode in ("logit", "all"):

@@ -39,14 +39,12 @@ def low_precision(session) -> bool:
     return session.spec.port.dtype != "float32"
 
 
-def run_decode(session, golden: list[list[int]], hf_fp32: list[torch.Tensor]) -> DecodeRun | None:
+def run_decode(session, golden: list[list[int]], hf_fp32: list[torch.Tensor], hf_lp) -> DecodeRun | None:
     compiled = session.compiled_model
     if not hasattr(compiled, "decode_teacher_forced"):
         return None
     forced = compiled.decode_teacher_forced(session.prompt_ids, golden)
-    return DecodeRun(
-        forced.logits, hf_fp32, hf_low_precision(session, golden), forced.graphs, forced.positions
-    )
+    return DecodeRun(forced.logits, hf_fp32, hf_lp, forced.graphs, forced.positions)
 
 
 def hf_low_precision(session, golden: list[list[int]]) -> list[torch.Tensor] | None:
@@ -58,10 +56,11 @@ def hf_low_precision(session, golden: list[list[int]]) -> list[torch.Tensor] | N
     return session.golden_reference.logits_lp
 
 
-def decode_parity(session, golden: list[list[int]], hf_fp32: list[torch.Tensor]):
-    """(figures, problem text or None, the DecodeRun or None when the target cannot feed tokens)."""
+def decode_parity(session, golden: list[list[int]], hf_fp32: list[torch.Tensor], hf_lp):
+    """(figures, problem text or None, the DecodeRun or None when the target cannot feed tokens);
+    ``hf_lp``: HF's logits in the port's low precision (``hf_low_precision``), None for FP32."""
     start = time.perf_counter()
-    run = run_decode(session, golden, hf_fp32)
+    run = run_decode(session, golden, hf_fp32, hf_lp)
     if run is None:
         return {"skipped": f"target {session.target_name!r} cannot feed tokens one at a time"}, None, None
     if run.hf_lp is None:

@@ -14,14 +14,17 @@ import torch
 from ..buckets import smallest_fitting
 from ..checks import DEFAULT_BAND
 from ..numerics_logits import DECODE_FP32_REL_TOL, judge_decode_steps_fp32, judge_decode_steps_ratio
-from .golden_decode import hf_low_precision
 
 
 def scoring_parity(
-    session, scored: list[list[int]], hf_fp32: list[torch.Tensor], port: list[torch.Tensor]
+    session,
+    scored: list[list[int]],
+    hf_fp32: list[torch.Tensor],
+    port: list[torch.Tensor],
+    hf_lp: list[torch.Tensor] | None,
 ) -> tuple[dict, str | None]:
-    """(figures, problem text or None) for the port's teacher-forced logits ``port`` against HF's."""
-    hf_lp = hf_low_precision(session, scored)
+    """(figures, problem text or None) for the port's teacher-forced logits ``port`` against HF's in
+    FP32 (``hf_fp32``) and, for a low-precision port, in its precision (``hf_lp``, else None)."""
     if hf_lp is None:
         figures = {"mode": "fp32", **judge_decode_steps_fp32(port, hf_fp32, DECODE_FP32_REL_TOL)}
     else:
